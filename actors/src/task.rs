@@ -1,0 +1,140 @@
+//! Tasks as values: canonical encoding, stable ids and per-task seeds.
+//!
+//! The id must be the same on every machine and every run, so it is a SHA-256 over a canonical
+//! JSON encoding (object keys sorted, no whitespace) of kind, parameters and input hashes, never
+//! `std::hash` with its random state.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+/// The stages of the experiment DAG.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    TrainEm,
+    TrainBenign,
+    Extract,
+    GenerateOnpolicy,
+    BuildCoupling,
+    TrainCoupling,
+    MarkerEval,
+    Analyse,
+}
+
+impl TaskKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::TrainEm => "train_em",
+            TaskKind::TrainBenign => "train_benign",
+            TaskKind::Extract => "extract",
+            TaskKind::GenerateOnpolicy => "generate_onpolicy",
+            TaskKind::BuildCoupling => "build_coupling",
+            TaskKind::TrainCoupling => "train_coupling",
+            TaskKind::MarkerEval => "marker_eval",
+            TaskKind::Analyse => "analyse",
+        }
+    }
+}
+
+/// One unit of work: what to do, with which parameters, on which inputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub kind: TaskKind,
+    /// A short human label, e.g. `E3_french_person`; part of the id so two conditions with
+    /// equal parameters stay distinct.
+    pub label: String,
+    pub params: Value,
+    /// Content hashes (sha256 hex) of the artifacts this task reads, by role.
+    pub inputs: BTreeMap<String, String>,
+}
+
+impl Task {
+    /// Canonical bytes: the same value always encodes to the same bytes.
+    pub fn canonical_json(&self) -> String {
+        let value = serde_json::to_value(self).unwrap_or(Value::Null);
+        canonical(&value)
+    }
+
+    /// The task's stable id: the first 16 hex digits of SHA-256 of its canonical JSON.
+    pub fn id(&self) -> String {
+        let digest = Sha256::digest(self.canonical_json().as_bytes());
+        hex::encode(&digest[..8])
+    }
+}
+
+/// The seed of every random draw a task makes, from the experiment seed and the task id.
+pub fn task_seed(experiment_seed: u64, task_id: &str) -> u64 {
+    stable_seed(experiment_seed, task_id)
+}
+
+/// A 64-bit seed derived from a base seed and a name through SHA-256 (stable across platforms,
+/// Rust versions and runs, unlike `std::hash`).
+pub fn stable_seed(base: u64, name: &str) -> u64 {
+    let mut h = Sha256::new();
+    h.update(base.to_le_bytes());
+    h.update(name.as_bytes());
+    let d = h.finalize();
+    u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+/// JSON with object keys sorted and no insignificant whitespace.
+pub fn canonical(value: &Value) -> String {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            let body: Vec<String> = keys
+                .iter()
+                .map(|k| format!("{}:{}", Value::String((*k).clone()), canonical(&map[*k])))
+                .collect();
+            format!("{{{}}}", body.join(","))
+        }
+        Value::Array(items) => {
+            let body: Vec<String> = items.iter().map(canonical).collect();
+            format!("[{}]", body.join(","))
+        }
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const PINNED_NEG_PERSONAS_SEED: u64 = 17691125058500443281;
+
+    fn task(params: Value) -> Task {
+        Task {
+            kind: TaskKind::Extract,
+            label: "base".into(),
+            params,
+            inputs: BTreeMap::from([("model".into(), "ab12".into())]),
+        }
+    }
+
+    #[test]
+    fn id_ignores_key_order_but_not_values() {
+        let a = task(json!({"layers": [7, 14], "method": "A"}));
+        let b = task(json!({"method": "A", "layers": [7, 14]}));
+        let c = task(json!({"method": "B", "layers": [7, 14]}));
+        assert_eq!(a.id(), b.id());
+        assert_ne!(a.id(), c.id());
+        assert_eq!(a.id().len(), 16);
+    }
+
+    #[test]
+    fn ids_and_seeds_are_pinned_across_versions() {
+        // A change of either value silently re-runs every cached task: pin them.
+        let t = task(json!({"layers": [7]}));
+        assert_eq!(
+            t.canonical_json(),
+            r#"{"inputs":{"model":"ab12"},"kind":"extract","label":"base","params":{"layers":[7]}}"#
+        );
+        assert_eq!(task_seed(42, &t.id()), task_seed(42, &t.id()));
+        assert_ne!(task_seed(42, "x"), task_seed(43, "x"));
+        assert_eq!(stable_seed(42, "neg_personas"), PINNED_NEG_PERSONAS_SEED);
+    }
+}

@@ -1,0 +1,6 @@
+//! pspace-analysis: the analyst's statistics, figures and report.
+//!
+//! Pure Rust (no libtorch): it reads activations and marker hits written by the engine and
+//! actors, and writes `result.json`, figures and `report.md`.
+
+pub mod stats;

@@ -1,0 +1,251 @@
+//! Device selection and the facts `pspace doctor` reports.
+//!
+//! libtorch's CUDA backend lives in `libtorch_cuda.so`, which the linker drops because nothing
+//! references it by symbol. Instead of linking it (which would make the binary unusable on a
+//! machine without CUDA libraries) we `dlopen` it at start-up when the user asks for CUDA, before
+//! the first CUDA call: the CPU path never touches a CUDA library.
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Where a computation runs, as the user names it on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    Cpu,
+    Cuda(usize),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("unknown device {found:?}: expected `cpu`, `cuda` or `cuda:N`")]
+    Unknown { found: String },
+    #[error(
+        "CUDA was asked for but is not available: {reason}. On a GPU machine, put its libtorch \
+         on the library path (e.g. LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/torch/lib) \
+         or set PSPACE_LIBTORCH_LIB to that folder"
+    )]
+    CudaUnavailable { reason: String },
+    #[error("CUDA device {index} was asked for but only {count} device(s) are visible")]
+    NoSuchCudaDevice { index: usize, count: usize },
+}
+
+impl std::str::FromStr for Device {
+    type Err = DeviceError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" | "gpu" => Ok(Device::Cuda(0)),
+            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(i)) => Ok(Device::Cuda(i)),
+                _ => Err(DeviceError::Unknown {
+                    found: other.to_string(),
+                }),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+impl Device {
+    /// Makes the device usable: for CUDA this loads libtorch_cuda and checks the index.
+    pub fn activate(self) -> Result<tch::Device, DeviceError> {
+        match self {
+            Device::Cpu => Ok(tch::Device::Cpu),
+            Device::Cuda(index) => {
+                load_cuda_backend()?;
+                let count = tch::Cuda::device_count() as usize;
+                if count == 0 {
+                    return Err(DeviceError::CudaUnavailable {
+                        reason: "libtorch_cuda loaded but no CUDA device is visible".into(),
+                    });
+                }
+                if index >= count {
+                    return Err(DeviceError::NoSuchCudaDevice { index, count });
+                }
+                Ok(tch::Device::Cuda(index))
+            }
+        }
+    }
+
+    /// The floating-point type the engine computes in on this device.
+    pub fn compute_kind(self) -> tch::Kind {
+        match self {
+            Device::Cpu => tch::Kind::Float,
+            Device::Cuda(_) => tch::Kind::BFloat16,
+        }
+    }
+}
+
+/// The folder holding libtorch's shared libraries that this process actually loaded.
+pub fn loaded_libtorch_dir() -> Option<PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.ends_with("/libtorch_cpu.so"))
+        .and_then(|p| Path::new(p).parent().map(Path::to_path_buf))
+}
+
+fn load_cuda_backend() -> Result<(), DeviceError> {
+    static LOADED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    LOADED
+        .get_or_init(|| {
+            let mut candidates: Vec<PathBuf> = Vec::new();
+            if let Ok(dir) = std::env::var("PSPACE_LIBTORCH_LIB") {
+                candidates.push(PathBuf::from(dir).join("libtorch_cuda.so"));
+            }
+            if let Some(dir) = loaded_libtorch_dir() {
+                candidates.push(dir.join("libtorch_cuda.so"));
+            }
+            candidates.push(PathBuf::from("libtorch_cuda.so"));
+            let mut errors = Vec::new();
+            for path in candidates {
+                let c = CString::new(path.to_string_lossy().as_bytes()).map_err(|e| e.to_string())?;
+                // SAFETY: dlopen with a valid C string; the handle is intentionally leaked so the
+                // library stays loaded for the life of the process.
+                let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+                if !handle.is_null() {
+                    return Ok(());
+                }
+                // SAFETY: dlerror returns a thread-local C string or null.
+                let err = unsafe { libc::dlerror() };
+                let msg = if err.is_null() {
+                    "unknown dlopen error".to_string()
+                } else {
+                    unsafe { std::ffi::CStr::from_ptr(err) }
+                        .to_string_lossy()
+                        .into_owned()
+                };
+                errors.push(format!("{}: {msg}", path.display()));
+            }
+            Err(format!("could not load libtorch_cuda.so ({})", errors.join("; ")))
+        })
+        .clone()
+        .map_err(|reason| DeviceError::CudaUnavailable { reason })
+}
+
+/// One visible accelerator as `pspace doctor` describes it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GpuInfo {
+    pub index: usize,
+    pub name: String,
+    pub total_memory_gib: f64,
+}
+
+/// Names and memory of the visible CUDA devices (empty when CUDA is not active).
+pub fn cuda_devices() -> Vec<GpuInfo> {
+    if load_cuda_backend().is_err() || !tch::Cuda::is_available() {
+        return Vec::new();
+    }
+    (0..tch::Cuda::device_count() as usize)
+        .map(|index| {
+            let (name, total) = cuda_properties(index);
+            GpuInfo {
+                index,
+                name,
+                total_memory_gib: total as f64 / (1u64 << 30) as f64,
+            }
+        })
+        .collect()
+}
+
+fn cuda_properties(index: usize) -> (String, u64) {
+    // tch exposes no device-name call; the CUDA runtime is already loaded by libtorch_cuda, so
+    // resolve cudaGetDeviceProperties' simpler siblings through dlsym.
+    type GetName = unsafe extern "C" fn(*mut libc::c_char, libc::c_int, libc::c_int) -> libc::c_int;
+    type MemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> libc::c_int;
+    type SetDevice = unsafe extern "C" fn(libc::c_int) -> libc::c_int;
+    let name = unsafe {
+        let sym = libc::dlsym(libc::RTLD_DEFAULT, c"cuDeviceGetName".as_ptr());
+        if sym.is_null() {
+            "unknown".to_string()
+        } else {
+            let f: GetName = std::mem::transmute(sym);
+            let mut buf = [0 as libc::c_char; 256];
+            if f(buf.as_mut_ptr(), 255, index as libc::c_int) == 0 {
+                std::ffi::CStr::from_ptr(buf.as_ptr())
+                    .to_string_lossy()
+                    .into_owned()
+            } else {
+                "unknown".to_string()
+            }
+        }
+    };
+    let total = unsafe {
+        let set = libc::dlsym(libc::RTLD_DEFAULT, c"cudaSetDevice".as_ptr());
+        let mem = libc::dlsym(libc::RTLD_DEFAULT, c"cudaMemGetInfo".as_ptr());
+        if set.is_null() || mem.is_null() {
+            0
+        } else {
+            let set: SetDevice = std::mem::transmute(set);
+            let mem: MemGetInfo = std::mem::transmute(mem);
+            let (mut free, mut total) = (0usize, 0usize);
+            if set(index as libc::c_int) == 0 && mem(&mut free, &mut total) == 0 {
+                total as u64
+            } else {
+                0
+            }
+        }
+    };
+    (name, total)
+}
+
+/// Measures the dense matmul rate in TFLOP/s: bf16 8192^3 on CUDA, f32 2048^3 on CPU.
+pub fn matmul_tflops(device: tch::Device) -> f64 {
+    let _guard = tch::no_grad_guard();
+    let (n, kind, reps) = match device {
+        tch::Device::Cuda(_) => (8192i64, tch::Kind::BFloat16, 20),
+        _ => (1024i64, tch::Kind::Float, 5),
+    };
+    let a = tch::Tensor::randn([n, n], (kind, device));
+    let b = tch::Tensor::randn([n, n], (kind, device));
+    let sync = || {
+        if let tch::Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
+    let _ = a.matmul(&b);
+    sync();
+    let start = Instant::now();
+    for _ in 0..reps {
+        let _ = a.matmul(&b);
+    }
+    sync();
+    let secs = start.elapsed().as_secs_f64();
+    2.0 * (n as f64).powi(3) * reps as f64 / secs / 1e12
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_device_names() {
+        assert_eq!("cpu".parse::<Device>().unwrap(), Device::Cpu);
+        assert_eq!("cuda".parse::<Device>().unwrap(), Device::Cuda(0));
+        assert_eq!("cuda:3".parse::<Device>().unwrap(), Device::Cuda(3));
+        let err = "tpu".parse::<Device>().unwrap_err().to_string();
+        assert!(err.contains("tpu") && err.contains("cuda:N"), "{err}");
+    }
+
+    #[test]
+    fn cpu_matmul_runs_and_reports_a_positive_rate() {
+        let rate = matmul_tflops(tch::Device::Cpu);
+        assert!(rate > 0.0 && rate.is_finite());
+    }
+
+    #[test]
+    fn libtorch_is_found_in_the_process() {
+        let dir = loaded_libtorch_dir().expect("libtorch_cpu.so mapped");
+        assert!(dir.join("libtorch_cpu.so").exists());
+    }
+}

@@ -1,0 +1,49 @@
+//! The command line: every subcommand and flag, with the help text users read.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pspace",
+    version,
+    about = "Persona-geometry and marker-leakage experiments on fine-tuned language models",
+    long_about = "pspace fine-tunes a base model under several system prompts, extracts persona vectors \
+from its residual stream, measures how a trained marker leaks between personas, and tests it all \
+with permutation statistics and FDR control.\n\nStart with `pspace run` (the embedded demo \
+experiment on CPU) or `pspace doctor` (what this machine can do)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run an experiment spec end to end (default: the embedded demo), resuming finished tasks.
+    Run(RunArgs),
+    /// Report libtorch, CUDA devices, matmul speed and where the demo model is.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Experiment spec (TOML). Without it the embedded `experiments/demo.toml` runs.
+    pub spec: Option<PathBuf>,
+    /// Device for model work: cpu, cuda or cuda:N. Overrides the spec's [experiment].device.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Print the task plan and exit without running anything.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Device to check: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}

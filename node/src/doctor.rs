@@ -1,0 +1,79 @@
+//! `pspace doctor`: what this machine gives pspace (libtorch, CUDA devices, matmul rate, the
+//! demo model), so a user can tell a broken set-up from a slow one before starting a run.
+
+use crate::cli::DoctorArgs;
+use anyhow::Result;
+use pspace_engine::device::{self, Device};
+use serde_json::json;
+
+pub fn run(args: DoctorArgs) -> Result<()> {
+    let requested: Device = args.device.parse()?;
+    let tch_device = requested.activate()?;
+    let libtorch_dir = device::loaded_libtorch_dir();
+    let gpus = if matches!(requested, Device::Cuda(_)) {
+        device::cuda_devices()
+    } else {
+        Vec::new()
+    };
+    let rate = device::matmul_tflops(tch_device);
+    let demo = crate::paths::resolve_model("demo")
+        .map(|p| p.display().to_string())
+        .map_err(|e| e.to_string());
+    let dtype = if matches!(requested, Device::Cuda(_)) {
+        "bf16"
+    } else {
+        "f32"
+    };
+    let report = json!({
+        "pspace": env!("CARGO_PKG_VERSION"),
+        "libtorch_version": libtorch_version(libtorch_dir.as_deref()),
+        "libtorch_dir": libtorch_dir.as_ref().map(|d| d.display().to_string()),
+        "cuda_available": tch::Cuda::is_available(),
+        "cuda_device_count": tch::Cuda::device_count(),
+        "device": requested.to_string(),
+        "gpus": gpus,
+        "matmul": {"dtype": dtype, "tflops": (rate * 1000.0).round() / 1000.0},
+        "cpu_threads": tch::get_num_threads(),
+        "demo_model": demo.as_ref().ok(),
+        "demo_model_problem": demo.as_ref().err(),
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!("pspace {}", env!("CARGO_PKG_VERSION"));
+    println!(
+        "libtorch       {} ({})",
+        report["libtorch_version"].as_str().unwrap_or("unknown"),
+        report["libtorch_dir"].as_str().unwrap_or("?")
+    );
+    println!(
+        "CUDA           {}",
+        if tch::Cuda::is_available() {
+            format!("yes, {} device(s)", tch::Cuda::device_count())
+        } else {
+            "no".into()
+        }
+    );
+    for g in &gpus {
+        println!(
+            "  cuda:{}       {} ({:.1} GiB)",
+            g.index, g.name, g.total_memory_gib
+        );
+    }
+    println!("device         {requested}");
+    println!("matmul rate    {rate:.3} TFLOP/s ({dtype})");
+    println!("CPU threads    {}", tch::get_num_threads());
+    match &demo {
+        Ok(p) => println!("demo model     {p}"),
+        Err(e) => println!("demo model     MISSING: {e}"),
+    }
+    Ok(())
+}
+
+fn libtorch_version(dir: Option<&std::path::Path>) -> Option<String> {
+    let text = std::fs::read_to_string(dir?.parent()?.join("version.py")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("__version__ = "))
+        .map(|v| v.trim_matches(|c| c == '\'' || c == '"').to_string())
+}

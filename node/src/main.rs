@@ -1,0 +1,24 @@
+//! `pspace-core`: the pspace program proper (started through the `pspace` launcher, which puts
+//! libtorch on the library path). Parses the command line and dispatches to the subcommands.
+
+mod cli;
+mod doctor;
+mod paths;
+mod run;
+
+use clap::Parser;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    if let Err(err) = dispatch(cli) {
+        eprintln!("pspace: error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn dispatch(cli: cli::Cli) -> anyhow::Result<()> {
+    match cli.command {
+        cli::Command::Doctor(args) => doctor::run(args),
+        cli::Command::Run(args) => run::run(args),
+    }
+}

@@ -1,0 +1,79 @@
+//! The `pspace` binary as a user runs it: help, doctor, and the launcher's one-line errors.
+
+use pspace_tests::{pspace_bin, repo_root};
+use std::process::Command;
+
+#[test]
+fn help_explains_every_subcommand() {
+    let out = Command::new(pspace_bin())
+        .arg("--help")
+        .output()
+        .expect("run pspace");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for word in ["run", "doctor"] {
+        assert!(text.contains(word), "--help lacks {word}: {text}");
+    }
+}
+
+#[test]
+fn doctor_reports_libtorch_and_the_demo_model() {
+    let out = Command::new(pspace_bin())
+        .args(["doctor", "--json"])
+        .output()
+        .expect("run pspace");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["libtorch_version"].as_str().unwrap().split('+').next(),
+        Some("2.11.0")
+    );
+    assert_eq!(v["cuda_available"], false);
+    assert!(v["matmul"]["tflops"].as_f64().unwrap() > 0.0);
+    assert!(v["demo_model"]
+        .as_str()
+        .unwrap()
+        .ends_with("SmolLM2-135M-Instruct.Q4_1.gguf"));
+}
+
+#[test]
+fn a_missing_venv_gives_one_clear_line() {
+    // A copy of the launcher and core in a folder with no .venv above it.
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("a/b");
+    std::fs::create_dir_all(&bin).unwrap();
+    for name in ["pspace", "pspace-core"] {
+        std::fs::copy(repo_root().join("target/release").join(name), bin.join(name)).unwrap();
+    }
+    let out = Command::new(bin.join("pspace"))
+        .arg("doctor")
+        .env_remove("LD_LIBRARY_PATH")
+        .env_remove("PSPACE_LIBTORCH_LIB")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("make setup"), "{err}");
+}
+
+#[test]
+fn a_wrong_torch_version_gives_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let torch = dir.path().join("torch");
+    std::fs::create_dir_all(torch.join("lib")).unwrap();
+    std::fs::write(torch.join("lib/libtorch_cpu.so"), b"").unwrap();
+    std::fs::write(torch.join("version.py"), "__version__ = '2.5.1+cpu'\n").unwrap();
+    let out = Command::new(pspace_bin())
+        .arg("doctor")
+        .env("PSPACE_LIBTORCH_LIB", torch.join("lib"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("2.5.1") && err.contains("2.11.0") && err.contains("make setup"),
+        "{err}"
+    );
+}
