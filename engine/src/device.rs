@@ -159,25 +159,26 @@ pub fn cuda_devices() -> Vec<GpuInfo> {
 }
 
 fn cuda_properties(index: usize) -> (String, u64) {
-    // tch exposes no device-name call; the CUDA runtime is already loaded by libtorch_cuda, so
-    // resolve cudaGetDeviceProperties' simpler siblings through dlsym.
-    type GetName = unsafe extern "C" fn(*mut libc::c_char, libc::c_int, libc::c_int) -> libc::c_int;
+    // tch exposes no device-name call. The CUDA runtime is already loaded (libtorch_cuda links
+    // it), so resolve cudaGetDeviceProperties through dlsym: `name` is the struct's first field
+    // (char[256]) in every CUDA version, and the buffer is larger than any version's struct.
+    type GetProps = unsafe extern "C" fn(*mut u8, libc::c_int) -> libc::c_int;
     type MemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> libc::c_int;
     type SetDevice = unsafe extern "C" fn(libc::c_int) -> libc::c_int;
     let name = unsafe {
-        let sym = libc::dlsym(libc::RTLD_DEFAULT, c"cuDeviceGetName".as_ptr());
+        let mut sym = libc::dlsym(libc::RTLD_DEFAULT, c"cudaGetDeviceProperties_v2".as_ptr());
         if sym.is_null() {
-            "unknown".to_string()
+            sym = libc::dlsym(libc::RTLD_DEFAULT, c"cudaGetDeviceProperties".as_ptr());
+        }
+        let mut buf = vec![0u8; 16 * 1024];
+        if !sym.is_null()
+            && std::mem::transmute::<*mut libc::c_void, GetProps>(sym)(buf.as_mut_ptr(), index as libc::c_int)
+                == 0
+        {
+            let end = buf[..256].iter().position(|&b| b == 0).unwrap_or(256);
+            String::from_utf8_lossy(&buf[..end]).into_owned()
         } else {
-            let f: GetName = std::mem::transmute(sym);
-            let mut buf = [0 as libc::c_char; 256];
-            if f(buf.as_mut_ptr(), 255, index as libc::c_int) == 0 {
-                std::ffi::CStr::from_ptr(buf.as_ptr())
-                    .to_string_lossy()
-                    .into_owned()
-            } else {
-                "unknown".to_string()
-            }
+            "unknown".to_string()
         }
     };
     let total = unsafe {
