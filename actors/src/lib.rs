@@ -5,4 +5,5 @@
 //! (experiment seed, task id), so a rerun draws the same numbers on any machine.
 
 pub mod spec;
+pub mod store;
 pub mod task;
