@@ -3,4 +3,6 @@
 //! Pure Rust (no libtorch): it reads activations and marker hits written by the engine and
 //! actors, and writes `result.json`, figures and `report.md`.
 
+pub mod behavior;
+pub mod input;
 pub mod stats;
