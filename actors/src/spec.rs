@@ -298,30 +298,80 @@ impl Spec {
 
     /// The tasks of one seed in dependency order (inputs before the tasks that read them).
     pub fn expand(&self, seed: u64) -> Vec<Task> {
-        let mk = |kind: TaskKind, label: &str| Task {
-            kind,
-            label: label.to_string(),
-            params: json!({
-                "experiment": self.experiment.name,
-                "seed": seed,
-                "model": self.experiment.model,
-                "stage": self.stage_params(kind),
-            }),
-            inputs: BTreeMap::new(),
+        self.plan(seed).into_iter().map(|p| p.task).collect()
+    }
+
+    /// The DAG of one seed: every task with the keys (`kind/label`) of the tasks it reads, in an
+    /// order where dependencies come first. The tasks' `inputs` are filled at run time with the
+    /// content digests of their dependencies' outputs.
+    pub fn plan(&self, seed: u64) -> Vec<PlannedTask> {
+        let mk = |kind: TaskKind, label: &str, deps: Vec<String>| PlannedTask {
+            task: Task {
+                kind,
+                label: label.to_string(),
+                params: json!({
+                    "experiment": self.experiment.name,
+                    "seed": seed,
+                    "model": self.experiment.model,
+                    "stage": self.stage_params(kind),
+                }),
+                inputs: BTreeMap::new(),
+            },
+            depends_on: deps,
         };
-        let mut tasks = vec![mk(TaskKind::Extract, "base")];
+        let key = |kind: TaskKind, label: &str| format!("{}/{label}", kind.as_str());
+        let mut tasks = vec![mk(TaskKind::Extract, "base", vec![])];
+        let mut analyse_deps = vec![key(TaskKind::Extract, "base")];
         for c in &self.conditions {
-            tasks.push(mk(TaskKind::TrainEm, &c.id));
-            tasks.push(mk(TaskKind::Extract, &c.id));
-            tasks.push(mk(TaskKind::GenerateOnpolicy, &c.id));
-            tasks.push(mk(TaskKind::BuildCoupling, &c.id));
-            tasks.push(mk(TaskKind::TrainCoupling, &c.id));
-            tasks.push(mk(TaskKind::MarkerEval, &c.id));
+            let id = c.id.as_str();
+            tasks.push(mk(TaskKind::TrainEm, id, vec![]));
+            tasks.push(mk(TaskKind::Extract, id, vec![key(TaskKind::TrainEm, id)]));
+            tasks.push(mk(
+                TaskKind::GenerateOnpolicy,
+                id,
+                vec![key(TaskKind::TrainEm, id)],
+            ));
+            tasks.push(mk(
+                TaskKind::BuildCoupling,
+                id,
+                vec![key(TaskKind::GenerateOnpolicy, id)],
+            ));
+            tasks.push(mk(
+                TaskKind::TrainCoupling,
+                id,
+                vec![key(TaskKind::TrainEm, id), key(TaskKind::BuildCoupling, id)],
+            ));
+            tasks.push(mk(
+                TaskKind::MarkerEval,
+                id,
+                vec![key(TaskKind::TrainEm, id), key(TaskKind::TrainCoupling, id)],
+            ));
+            analyse_deps.push(key(TaskKind::Extract, id));
+            analyse_deps.push(key(TaskKind::MarkerEval, id));
         }
-        tasks.push(mk(TaskKind::TrainBenign, "benign_sft"));
-        tasks.push(mk(TaskKind::Extract, "benign_sft"));
-        tasks.push(mk(TaskKind::Analyse, "all"));
+        tasks.push(mk(TaskKind::TrainBenign, "benign_sft", vec![]));
+        tasks.push(mk(
+            TaskKind::Extract,
+            "benign_sft",
+            vec![key(TaskKind::TrainBenign, "benign_sft")],
+        ));
+        analyse_deps.push(key(TaskKind::Extract, "benign_sft"));
+        tasks.push(mk(TaskKind::Analyse, "all", analyse_deps));
         tasks
+    }
+}
+
+/// A task of the DAG and the keys of the tasks whose outputs it reads.
+#[derive(Debug, Clone)]
+pub struct PlannedTask {
+    pub task: Task,
+    pub depends_on: Vec<String>,
+}
+
+impl PlannedTask {
+    /// `kind/label`, unique within one seed.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.task.kind.as_str(), self.task.label)
     }
 }
 
@@ -359,6 +409,21 @@ mod tests {
         assert_eq!(tasks.len(), 1 + 6 * spec.conditions.len() + 3);
         let ids: std::collections::BTreeSet<_> = tasks.iter().map(Task::id).collect();
         assert_eq!(ids.len(), tasks.len(), "task ids must be unique");
+        // Every dependency is planned before the task that reads it.
+        let plan = spec.plan(42);
+        for (i, t) in plan.iter().enumerate() {
+            for d in &t.depends_on {
+                let at = plan
+                    .iter()
+                    .position(|p| &p.key() == d)
+                    .expect("dependency is planned");
+                assert!(at < i, "{d} must come before {}", t.key());
+            }
+        }
+        assert_eq!(
+            plan.last().unwrap().depends_on.len(),
+            3 + 2 * spec.conditions.len()
+        );
     }
 
     #[test]
