@@ -422,7 +422,7 @@ mod tests {
         }
         assert_eq!(
             plan.last().unwrap().depends_on.len(),
-            3 + 2 * spec.conditions.len()
+            2 + 2 * spec.conditions.len()
         );
     }
 
