@@ -4,5 +4,11 @@
 //! actors, and writes `result.json`, figures and `report.md`.
 
 pub mod behavior;
+pub mod families;
 pub mod input;
+pub mod pipeline;
+pub mod report;
+pub mod result;
+pub mod run_geometry;
 pub mod stats;
+pub mod verdict;

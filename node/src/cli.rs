@@ -24,6 +24,8 @@ pub enum Command {
     Run(RunArgs),
     /// Report libtorch, CUDA devices, matmul speed and where the demo model is.
     Doctor(DoctorArgs),
+    /// Statistics, verdicts, figures and report of a run (or of marker hits alone).
+    Analyze(Box<crate::analyze::AnalyzeArgs>),
 }
 
 #[derive(Debug, Args)]

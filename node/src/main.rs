@@ -1,6 +1,7 @@
 //! `pspace-core`: the pspace program proper (started through the `pspace` launcher, which puts
 //! libtorch on the library path). Parses the command line and dispatches to the subcommands.
 
+mod analyze;
 mod cli;
 mod doctor;
 mod paths;
@@ -20,5 +21,6 @@ fn dispatch(cli: cli::Cli) -> anyhow::Result<()> {
     match cli.command {
         cli::Command::Doctor(args) => doctor::run(args),
         cli::Command::Run(args) => run::run(args),
+        cli::Command::Analyze(args) => analyze::run(*args),
     }
 }

@@ -1,0 +1,129 @@
+//! `result.json`: the one file every number of the report comes from. Its schema is versioned
+//! (`schema_version`) and documented in docs/result-schema.md; keys the reference's result
+//! file also had (`mean_bystander`, `range_pp`, `rho`, `p_exact`, `geometry_em_pre_post`) keep
+//! their names.
+
+use crate::behavior::BehaviorResult;
+use crate::families::Family;
+use crate::verdict::{GeometryDesign, Verdicts};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Version of the result.json schema; bump on any change a reader could notice.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One input file, named and fingerprinted so a result can be traced to its data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputRecord {
+    pub path: String,
+    pub sha256: String,
+}
+
+impl InputRecord {
+    /// Fingerprints a file.
+    pub fn of(path: &Path) -> std::io::Result<InputRecord> {
+        let bytes = std::fs::read(path)?;
+        let digest = Sha256::digest(&bytes);
+        Ok(InputRecord {
+            path: path.display().to_string(),
+            sha256: digest.iter().map(|b| format!("{b:02x}")).collect(),
+        })
+    }
+}
+
+/// Geometry numbers the report and figures draw beyond the family cells.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct GeometrySummary {
+    pub design: Option<GeometryDesign>,
+    /// Checkpoints in display order (base, the EM conditions, benign).
+    pub checkpoints: Vec<String>,
+    /// method -> layer -> checkpoint -> mean off-diagonal cosine (M1).
+    pub m1_mean_offdiag: BTreeMap<String, BTreeMap<String, BTreeMap<String, f64>>>,
+    /// method -> layer -> checkpoint -> held-out LDA accuracy (M3, fraction).
+    pub m3_accuracy: BTreeMap<String, BTreeMap<String, BTreeMap<String, f64>>>,
+    /// The geometry module's own per-cell output, kept whole.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cells: Option<serde_json::Value>,
+}
+
+/// The whole result file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnalysisResult {
+    pub schema_version: u32,
+    /// The program that wrote it.
+    pub generator: String,
+    pub seed: u64,
+    /// Whether inputs were missing and the analysis went on (`--allow-partial`).
+    pub partial: bool,
+    /// What was missing.
+    pub partial_reasons: Vec<String>,
+    /// Input name -> file and sha256.
+    pub inputs: BTreeMap<String, InputRecord>,
+    pub behavior: Option<BehaviorResult>,
+    pub geometry: Option<GeometrySummary>,
+    /// Family name -> cells with BH and Holm adjusted p-values in both flavours.
+    pub families: BTreeMap<String, Family>,
+    pub verdicts: Verdicts,
+}
+
+/// Errors reading or writing result files.
+#[derive(Debug, thiserror::Error)]
+pub enum ResultError {
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a result file of schema {SCHEMA_VERSION}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{path} has schema_version {found}, this program reads {SCHEMA_VERSION}")]
+    Version { path: PathBuf, found: u64 },
+}
+
+impl AnalysisResult {
+    /// Writes `dir/result.json` (pretty, stable key order) and returns its path.
+    pub fn write(&self, dir: &Path) -> Result<PathBuf, ResultError> {
+        let path = dir.join("result.json");
+        let io = |source| ResultError::Write {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let mut text = serde_json::to_string_pretty(self).map_err(|e| io(std::io::Error::other(e)))?;
+        text.push('\n');
+        let tmp = dir.join("result.json.tmp");
+        std::fs::write(&tmp, text).map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        Ok(path)
+    }
+
+    /// Reads a result file, checking its schema version first.
+    pub fn read(path: &Path) -> Result<AnalysisResult, ResultError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ResultError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(|source| ResultError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let found = value
+            .get("schema_version")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        if found != u64::from(SCHEMA_VERSION) {
+            return Err(ResultError::Version {
+                path: path.to_path_buf(),
+                found,
+            });
+        }
+        serde_json::from_value(value).map_err(|source| ResultError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}

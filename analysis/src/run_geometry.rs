@@ -1,0 +1,97 @@
+//! The geometry side of a run directory: finding and checking the activation files
+//! (`RUN/activations/<checkpoint>/<method>.safetensors`) before anything is computed, and
+//! turning the geometry module's per-cell tests into the three geometry families.
+
+use crate::families::Family;
+use crate::input::Personas;
+use crate::pipeline::{Options, PipelineError};
+use crate::result::GeometrySummary;
+use std::path::{Path, PathBuf};
+
+/// The activation files of a run, found and checked.
+#[derive(Debug, Clone, Default)]
+pub struct GeometryRun {
+    /// (input name, path) of every activation file.
+    pub files: Vec<(String, PathBuf)>,
+    /// Extraction methods present (file stems of the base checkpoint).
+    pub methods: Vec<String>,
+    /// Checkpoints present.
+    pub checkpoints: Vec<String>,
+    /// What is missing, one line each.
+    pub missing: Vec<String>,
+}
+
+/// Finds the activation files of every checkpoint and method; what is absent goes to
+/// `missing` (checkpoint folders, or a method file some checkpoints lack).
+pub fn check(run: &Path, checkpoints: &[String], _personas: &Personas) -> Result<GeometryRun, PipelineError> {
+    let root = run.join("activations");
+    let mut found = GeometryRun::default();
+    if !root.is_dir() {
+        found
+            .missing
+            .push(format!("no activations in {}", root.display()));
+        return Ok(found);
+    }
+    let mut methods = std::collections::BTreeSet::new();
+    let mut per_checkpoint = Vec::new();
+    for checkpoint in checkpoints {
+        let dir = root.join(checkpoint);
+        let mut these = std::collections::BTreeSet::new();
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.extension().is_some_and(|e| e == "safetensors") {
+                    if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
+                        these.insert(stem.to_string());
+                    }
+                }
+            }
+        }
+        if these.is_empty() {
+            found.missing.push(format!(
+                "checkpoint {checkpoint}: no {}/*.safetensors",
+                dir.display()
+            ));
+        } else {
+            found.checkpoints.push(checkpoint.clone());
+        }
+        methods.extend(these.iter().cloned());
+        per_checkpoint.push((checkpoint.clone(), dir, these));
+    }
+    for (checkpoint, dir, these) in &per_checkpoint {
+        if these.is_empty() {
+            continue;
+        }
+        for method in &methods {
+            if these.contains(method) {
+                found.files.push((
+                    format!("activations/{checkpoint}/{method}"),
+                    dir.join(format!("{method}.safetensors")),
+                ));
+            } else {
+                found.missing.push(format!(
+                    "checkpoint {checkpoint}: no {method}.safetensors in {}",
+                    dir.display()
+                ));
+            }
+        }
+    }
+    found.methods = methods.into_iter().collect();
+    Ok(found)
+}
+
+/// Computes the geometry families of a checked run. A run without activation files (allowed
+/// only with `--allow-partial`) has no geometry.
+pub fn compute(
+    run: &GeometryRun,
+    _personas: &Personas,
+    _options: &Options,
+) -> Result<(Option<GeometrySummary>, Vec<Family>), PipelineError> {
+    if run.files.is_empty() {
+        return Ok((None, Vec::new()));
+    }
+    Err(PipelineError::Geometry(format!(
+        "{} activation files found, but this build does not yet connect the geometry module (analysis/src/geometry) to `analyze --run`; run `pspace analyze behavior` for the marker hits",
+        run.files.len()
+    )))
+}
