@@ -382,7 +382,8 @@ pub fn analyze(
         result.h2 = Some(h2(&table, &rates, &means, &replicate_means, &names, config));
     }
     if names.len() >= 3 {
-        result.h3 = Some(h3(&cos, &means, &replicate_means, &names, config));
+        // Equal means (or equal cosines) leave rho undefined: H3 is then not evaluated.
+        result.h3 = Some(h3(&cos, &means, &replicate_means, &names, config)).filter(|h| h.rho.is_finite());
     }
     Ok(result)
 }

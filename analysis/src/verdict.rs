@@ -277,7 +277,12 @@ fn geometry_row(
         if mean_statistic.iter().all(|v| v.is_finite()) && d.conditions.len() >= 3 {
             let mut rng = seeded_rng(seed, &format!("verdict/{metric}/monotone"));
             let test = spearman_permutation_test(&d.cos_to_assistant, &mean_statistic, 10_000, &mut rng);
-            (Some(test.rho), Some(test.p))
+            // A statistic equal in every condition has no ranking: no pattern, and no NaN in JSON.
+            if test.rho.is_finite() {
+                (Some(test.rho), Some(test.p))
+            } else {
+                (None, None)
+            }
         } else {
             (None, None)
         };
@@ -422,7 +427,7 @@ fn h2_row(b: &BehaviorResult, t: &Thresholds, flavour: Flavour) -> BehaviorRow {
 
 fn h3_row(b: &BehaviorResult, t: &Thresholds) -> BehaviorRow {
     let Some(h3) = &b.h3 else {
-        return not_evaluated("fewer than 3 conditions");
+        return not_evaluated("rho undefined: fewer than 3 conditions, or equal leakage everywhere");
     };
     let fires = h3.rho.abs() >= t.h3_min_abs_rho && h3.p_exact < t.h3_alpha;
     let mut row = BehaviorRow {
