@@ -39,6 +39,9 @@ pub struct GeometrySummary {
     pub design: Option<GeometryDesign>,
     /// Checkpoints in display order (base, the EM conditions, benign).
     pub checkpoints: Vec<String>,
+    /// Personas the vectors were extracted for (M3's chance level is 1 / this).
+    #[serde(default)]
+    pub personas: Vec<String>,
     /// method -> layer -> checkpoint -> mean off-diagonal cosine (M1).
     pub m1_mean_offdiag: BTreeMap<String, BTreeMap<String, BTreeMap<String, f64>>>,
     /// method -> layer -> checkpoint -> held-out LDA accuracy (M3, fraction).

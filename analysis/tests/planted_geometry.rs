@@ -100,6 +100,7 @@ fn planted_collapse_fires_g1_and_g2_and_renders() {
             cos_to_assistant: personas.conditions.iter().map(|c| c.cos_to_assistant).collect(),
         }),
         checkpoints,
+        personas: personas.eval_order.clone(),
         m1_mean_offdiag,
         m3_accuracy,
         cells: None,

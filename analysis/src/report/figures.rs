@@ -7,6 +7,7 @@
 use crate::result::AnalysisResult;
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::FontStyle;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
@@ -178,11 +179,14 @@ impl Figure for Heatmap<'_> {
                 } else {
                     ""
                 };
+                let centred = TextStyle::from((FONT, 13).into_font())
+                    .color(&BLACK)
+                    .pos(Pos::new(HPos::Center, VPos::Center));
                 chart
                     .draw_series(std::iter::once(Text::new(
                         format!("{value:.1}{mark}"),
-                        (x + 0.3, row + 0.65),
-                        (FONT, 13).into_font().color(&BLACK),
+                        (x + 0.5, row + 0.5),
+                        centred,
                     )))
                     .map_err(err)?;
             }
@@ -425,6 +429,8 @@ impl Figure for Hero<'_> {
 /// Per (method, layer) panels of a checkpoint-indexed geometry number.
 struct CheckpointGrid<'a> {
     result: &'a AnalysisResult,
+    /// A horizontal reference line (M3: chance, 1 / personas).
+    reference_line: Option<f64>,
     title: &'a str,
     y_desc: &'a str,
     values: &'a std::collections::BTreeMap<
@@ -462,8 +468,16 @@ impl Figure for CheckpointGrid<'_> {
             .values()
             .flat_map(|m| m.values().flat_map(|c| c.values().copied()))
             .collect();
-        let y_min = all.iter().copied().fold(f64::INFINITY, f64::min);
-        let y_max = all.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let y_min = all
+            .iter()
+            .copied()
+            .chain(self.reference_line)
+            .fold(f64::INFINITY, f64::min);
+        let y_max = all
+            .iter()
+            .copied()
+            .chain(self.reference_line)
+            .fold(f64::NEG_INFINITY, f64::max);
         let pad = ((y_max - y_min) * 0.1).max(1e-3);
         for (mi, method) in methods.iter().enumerate() {
             for (li, layer) in layers.iter().enumerate() {
@@ -497,6 +511,14 @@ impl Figure for CheckpointGrid<'_> {
                     .axis_desc_style((FONT, 11))
                     .draw()
                     .map_err(err)?;
+                if let Some(level) = self.reference_line {
+                    chart
+                        .draw_series(std::iter::once(PathElement::new(
+                            vec![(0.0, level), (checkpoints.len() as f64, level)],
+                            BLACK.stroke_width(1),
+                        )))
+                        .map_err(err)?;
+                }
                 for (i, checkpoint) in checkpoints.iter().enumerate() {
                     if let Some(&v) = by_checkpoint.get(checkpoint) {
                         let x = i as f64;
@@ -618,6 +640,7 @@ pub fn draw_all(result: &AnalysisResult, dir: &Path) -> Result<Vec<(String, Stri
         if !g.m1_mean_offdiag.is_empty() {
             let fig = CheckpointGrid {
                 result,
+                reference_line: None,
                 title: "M1: mean off-diagonal cosine by checkpoint",
                 y_desc: "mean off-diagonal cosine",
                 values: &g.m1_mean_offdiag,
@@ -642,7 +665,8 @@ pub fn draw_all(result: &AnalysisResult, dir: &Path) -> Result<Vec<(String, Stri
         if !g.m3_accuracy.is_empty() {
             let fig = CheckpointGrid {
                 result,
-                title: "M3: held-out LDA accuracy by checkpoint",
+                reference_line: (!g.personas.is_empty()).then(|| 1.0 / g.personas.len() as f64),
+                title: "M3: held-out LDA accuracy by checkpoint (line: chance)",
                 y_desc: "accuracy",
                 values: &g.m3_accuracy,
             };
