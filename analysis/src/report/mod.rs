@@ -292,6 +292,30 @@ fn geometry_section(out: &mut String, result: &AnalysisResult) {
     }
 }
 
+/// How each test was computed and how the plan's open points were read (text only: every
+/// number is in the tables above).
+const METHODS: &str = "## How the tests were computed
+
+| test | reference flavour (the seed's test) | principled flavour (keeps the pairing) |
+|---|---|---|
+| H1 | the induction persona's excess over the other bystanders, ranked among the same excess of every non-source persona: exact p = k/n (the seed sampled it) | one-sided sign flips of the per-question differences (exact over 2^n patterns up to 20 questions, else Monte Carlo) |
+| H2 | per-persona bystander rates of all conditions pooled, condition labels permuted; statistic: range of the condition means | condition labels permuted within each persona (its rates trade places among the conditions where it is a bystander) |
+| H3 | Spearman rho (average ranks), two-sided exact p over all orderings of the conditions | the same exact test; a question-level bootstrap gives its interval |
+| geometry | as documented by the geometry module | as documented by the geometry module |
+
+Monte Carlo p-values are (b+1)/(m+1); every random stream is ChaCha20 seeded from the
+experiment seed and the test's name through SHA-256. Intervals resample questions with
+replacement, shared by every persona and condition.
+
+Readings of the plan fixed in code (analysis/src/verdict.rs): a condition fires a G metric when
+every method's cell passes at >= 3 of 5 layers; the cos-monotone pattern uses the condition's
+statistic averaged over methods and layers; the contrast bar needs every method's EM-vs-benign
+cell at BH q < 0.05 at a majority of layers, and a G row counts for the headline only when the
+bar holds; H1 fires when >= 3/4 of the testable conditions do; the kill criterion's 'within
++-5 pp of each other' is a range of at most 5 pp.
+
+";
+
 /// Renders report.md from a result (and draws its figures into the same folder).
 pub fn write_report(result: &AnalysisResult, dir: &Path) -> Result<PathBuf, ReportError> {
     let figures = figures::draw_all(result, dir)?;
@@ -323,6 +347,7 @@ pub fn write_report(result: &AnalysisResult, dir: &Path) -> Result<PathBuf, Repo
     behavior_section(&mut out, result);
     geometry_section(&mut out, result);
     families_section(&mut out, result);
+    out.push_str(METHODS);
     out.push_str("## Figures\n\n");
     for (caption, file) in &figures {
         let svg = file.replace(".png", ".svg");
