@@ -95,3 +95,62 @@ pub fn compute(
         run.files.len()
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn personas() -> Personas {
+        Personas::from_value(
+            &json!({
+                "eval_persona_order": ["a", "src"],
+                "em_induction_conditions": [{"id": "E0", "slug": "a", "cos_to_assistant": 1.0}]
+            }),
+            Path::new("p.json"),
+        )
+        .unwrap()
+    }
+
+    fn touch(path: &Path) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"x").unwrap();
+    }
+
+    #[test]
+    fn every_checkpoint_and_method_is_found() {
+        let run = tempfile::tempdir().unwrap();
+        let checkpoints = crate::pipeline::run_checkpoints(&personas());
+        assert_eq!(checkpoints, vec!["base", "E0", "benign_sft"]);
+        for c in &checkpoints {
+            for m in ["A", "B"] {
+                touch(&run.path().join(format!("activations/{c}/{m}.safetensors")));
+            }
+        }
+        let found = check(run.path(), &checkpoints, &personas()).unwrap();
+        assert!(found.missing.is_empty(), "{:?}", found.missing);
+        assert_eq!(found.methods, vec!["A", "B"]);
+        assert_eq!(found.files.len(), 6);
+    }
+
+    #[test]
+    fn a_missing_checkpoint_or_method_is_named() {
+        let run = tempfile::tempdir().unwrap();
+        let checkpoints = crate::pipeline::run_checkpoints(&personas());
+        touch(&run.path().join("activations/base/A.safetensors"));
+        touch(&run.path().join("activations/base/B.safetensors"));
+        touch(&run.path().join("activations/E0/A.safetensors"));
+        let found = check(run.path(), &checkpoints, &personas()).unwrap();
+        let text = found.missing.join("\n");
+        assert!(text.contains("checkpoint E0: no B.safetensors"), "{text}");
+        assert!(text.contains("checkpoint benign_sft"), "{text}");
+    }
+
+    #[test]
+    fn no_activation_folder_is_one_missing_line() {
+        let run = tempfile::tempdir().unwrap();
+        let found = check(run.path(), &["base".to_string()], &personas()).unwrap();
+        assert_eq!(found.missing.len(), 1);
+        assert!(found.missing[0].contains("no activations"));
+    }
+}

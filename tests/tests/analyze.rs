@@ -150,3 +150,75 @@ fn a_persona_mismatch_is_named() {
         "{err}"
     );
 }
+
+/// A run directory with marker hits split per condition and no activations yet.
+fn run_dir_without_activations() -> tempfile::TempDir {
+    let run = tempfile::tempdir().unwrap();
+    std::fs::copy(reference("personas.json"), run.path().join("personas.json")).unwrap();
+    let text = std::fs::read_to_string(reference("reference_marker_hits.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    std::fs::create_dir_all(run.path().join("marker_hits")).unwrap();
+    for (condition, data) in v["conditions"].as_object().unwrap() {
+        let file = serde_json::json!({"completions_per_question": 10, "conditions": {condition: data}});
+        std::fs::write(
+            run.path().join(format!("marker_hits/{condition}.json")),
+            file.to_string(),
+        )
+        .unwrap();
+    }
+    run
+}
+
+#[test]
+fn a_run_without_activations_needs_allow_partial() {
+    let run = run_dir_without_activations();
+    let refused = Command::new(pspace_bin())
+        .args(["analyze", "--run"])
+        .arg(run.path())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("no activations") && err.contains("--allow-partial"),
+        "{err}"
+    );
+    assert!(!run.path().join("analysis/result.json").exists());
+
+    let partial = Command::new(pspace_bin())
+        .args([
+            "analyze",
+            "--allow-partial",
+            "--permutations",
+            "2000",
+            "--bootstrap",
+            "200",
+            "--run",
+        ])
+        .arg(run.path())
+        .output()
+        .unwrap();
+    assert!(
+        partial.status.success(),
+        "{}",
+        String::from_utf8_lossy(&partial.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.path().join("analysis/result.json")).unwrap())
+            .unwrap();
+    assert_eq!(v["partial"], true);
+    assert!(
+        (v["behavior"]["mean_bystander"]["E3_french_person"]
+            .as_f64()
+            .unwrap()
+            - 53.71)
+            .abs()
+            < 0.005
+    );
+    assert_eq!(
+        v["inputs"].as_object().unwrap().len(),
+        6,
+        "personas + 5 hit files"
+    );
+    assert_eq!(v["verdicts"]["reference"]["G1"], serde_json::Value::Null);
+}
