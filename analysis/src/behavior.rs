@@ -73,6 +73,12 @@ pub enum BehaviorError {
     },
     #[error("condition '{0}' has no bystander persona")]
     NoBystanders(String),
+    #[error("the marker hits hold condition '{0}', which this persona file does not list")]
+    UnknownCondition(String),
+    #[error(
+        "the marker hits were read for personas [{hits}], but this persona file orders them [{personas}]"
+    )]
+    PersonaOrder { hits: String, personas: String },
 }
 
 /// H1 for one condition.
@@ -252,7 +258,7 @@ pub fn analyze(
         .ok_or_else(|| {
             BehaviorError::UnknownSource(config.source_persona.clone(), hits.personas.join(", "))
         })?;
-    let specs: Vec<_> = hits
+    let specs = hits
         .conditions
         .iter()
         .map(|c| {
@@ -260,9 +266,15 @@ pub fn analyze(
                 .conditions
                 .iter()
                 .find(|s| s.id == c.condition)
-                .expect("MarkerHits only holds conditions of the persona file")
+                .ok_or_else(|| BehaviorError::UnknownCondition(c.condition.clone()))
         })
-        .collect();
+        .collect::<Result<Vec<_>, _>>()?;
+    if hits.personas != personas.eval_order {
+        return Err(BehaviorError::PersonaOrder {
+            hits: hits.personas.join(", "),
+            personas: personas.eval_order.join(", "),
+        });
+    }
     let mut table = Table {
         hits: Vec::new(),
         completions: Vec::new(),
