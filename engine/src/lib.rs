@@ -5,5 +5,7 @@
 //! tokenizers and chat templates, batched extraction and generation, and LoRA training.
 
 pub mod device;
+pub mod gguf;
+pub mod model;
 
 pub use device::{Device, DeviceError};
