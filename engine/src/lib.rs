@@ -5,6 +5,8 @@
 //! tokenizers and chat templates, batched extraction and generation, and LoRA training.
 
 pub mod device;
+pub mod extract;
+pub mod generate;
 pub mod gguf;
 pub mod model;
 

@@ -87,7 +87,11 @@ impl ModelConfig {
             num_attention_heads: heads,
             num_key_value_heads: v["num_key_value_heads"].as_u64().map_or(heads, |x| x as usize),
             head_dim: v["head_dim"].as_u64().map_or(hidden_size / heads, |x| x as usize),
-            rope_theta: v["rope_theta"].as_f64().unwrap_or(10_000.0),
+            // transformers 5 nests it under rope_parameters; older configs have it at the top.
+            rope_theta: v["rope_theta"]
+                .as_f64()
+                .or_else(|| v["rope_parameters"]["rope_theta"].as_f64())
+                .unwrap_or(10_000.0),
             rms_norm_eps: v["rms_norm_eps"].as_f64().unwrap_or(1e-6),
             attention_bias: match architecture {
                 Architecture::Qwen2 => true,
