@@ -233,7 +233,7 @@ impl Model {
             }
         }
         Ok(assemble(cfg, device, kind, |n| {
-            loaded.remove(n).unwrap_or_else(Tensor::new)
+            loaded.remove(n).unwrap_or_default()
         }))
     }
 
@@ -318,7 +318,7 @@ impl Model {
             }
         }
         Ok(assemble(cfg, device, kind, |n| {
-            loaded.remove(n).unwrap_or_else(Tensor::new)
+            loaded.remove(n).unwrap_or_default()
         }))
     }
 
