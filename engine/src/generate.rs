@@ -230,7 +230,7 @@ fn refill(
     }
     let seqs: Vec<&[i64]> = new_rows.iter().map(|r| prompts[r.prompt].as_slice()).collect();
     let (ids, new_mask) = left_pad(&seqs, model.device());
-    let mut new_cache = KvCache::new();
+    let mut new_cache = KvCache::with_reserve(params.max_new_tokens as i64 + 1);
     let out = model.forward(&ids, &new_mask, Some(&mut new_cache), opts);
     let first = sample(&out.logits.expect("logits requested").squeeze_dim(1), params);
     merge(&mut batch.cache, &mut batch.mask, new_cache, &new_mask);
@@ -256,7 +256,7 @@ fn left_pad(seqs: &[&[i64]], device: Device) -> (Tensor, Tensor) {
 }
 
 /// Appends the rows of `new` (cache and mask) below the running batch, left-padding whichever
-/// is shorter so both have the same cache length.
+/// is shorter so both have the same cache length, with room for the generation budget.
 fn merge(cache: &mut KvCache, mask: &mut Tensor, new: KvCache, new_mask: &Tensor) {
     if cache.layers.is_empty() || mask.size()[0] == 0 {
         *cache = new;
@@ -265,6 +265,7 @@ fn merge(cache: &mut KvCache, mask: &mut Tensor, new: KvCache, new_mask: &Tensor
     }
     let (old_len, new_len) = (mask.size()[1], new_mask.size()[1]);
     let total = old_len.max(new_len);
+    let reserve = new.reserve.max(cache.reserve);
     let pad_left = |t: &Tensor, dim: usize, by: i64| -> Tensor {
         if by == 0 {
             return t.shallow_clone();
@@ -276,15 +277,24 @@ fn merge(cache: &mut KvCache, mask: &mut Tensor, new: KvCache, new_mask: &Tensor
             dim as i64,
         )
     };
-    for ((k, v), (nk, nv)) in cache.layers.iter_mut().zip(new.layers) {
-        *k = Tensor::cat(
-            &[pad_left(k, 2, total - old_len), pad_left(&nk, 2, total - new_len)],
+    for (old, fresh) in cache.layers.iter_mut().zip(new.layers) {
+        let (k, v) = old.filled();
+        let (nk, nv) = fresh.filled();
+        let k = Tensor::cat(
+            &[
+                pad_left(&k, 2, total - old_len),
+                pad_left(&nk, 2, total - new_len),
+            ],
             0,
         );
-        *v = Tensor::cat(
-            &[pad_left(v, 2, total - old_len), pad_left(&nv, 2, total - new_len)],
+        let v = Tensor::cat(
+            &[
+                pad_left(&v, 2, total - old_len),
+                pad_left(&nv, 2, total - new_len),
+            ],
             0,
         );
+        *old = kv_with_room(k, v, reserve);
     }
     *mask = Tensor::cat(
         &[
@@ -293,6 +303,18 @@ fn merge(cache: &mut KvCache, mask: &mut Tensor, new: KvCache, new_mask: &Tensor
         ],
         0,
     );
+}
+
+/// A layer cache holding `k`, `v` with room for `reserve` more positions.
+fn kv_with_room(k: Tensor, v: Tensor, reserve: i64) -> crate::model::LayerKv {
+    let len = k.size()[2];
+    let mut shape = k.size();
+    shape[2] = len + reserve;
+    let kb = Tensor::zeros(shape.as_slice(), (k.kind(), k.device()));
+    let vb = Tensor::zeros(shape.as_slice(), (v.kind(), v.device()));
+    kb.narrow(2, 0, len).copy_(&k);
+    vb.narrow(2, 0, len).copy_(&v);
+    crate::model::LayerKv { k: kb, v: vb, len }
 }
 
 /// Drops leading cache columns that are padding in every row.
@@ -305,10 +327,7 @@ fn trim_padding(cache: &mut KvCache, mask: &mut Tensor) {
     if first_real > 0 {
         let keep = mask.size()[1] - first_real;
         *mask = mask.narrow(1, first_real, keep);
-        for (k, v) in cache.layers.iter_mut() {
-            *k = k.narrow(2, first_real, keep);
-            *v = v.narrow(2, first_real, keep);
-        }
+        cache.drop_front(first_real);
     }
 }
 

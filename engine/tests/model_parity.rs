@@ -157,3 +157,48 @@ fn a_padded_batch_equals_one_prompt_at_a_time() {
         assert_eq!(batched[i][0].tokens, single[0][0].tokens, "prompt {i}");
     }
 }
+
+#[test]
+fn refilling_a_small_batch_gives_the_same_greedy_continuations() {
+    // Five prompts of different lengths through a batch of two rows: rows finish at different
+    // steps (a stop id), queued prompts are prefilled and merged into the running cache.
+    let model = Model::load(
+        &root().join("engine/tests/fixtures/tiny-qwen2"),
+        Device::Cpu,
+        Kind::Float,
+    )
+    .unwrap();
+    let prompts: Vec<Vec<i64>> = vec![
+        vec![5, 6, 7],
+        (10..40).collect(),
+        vec![99; 9],
+        (200..217).collect(),
+        vec![3],
+    ];
+    let solo = SamplingParams {
+        max_new_tokens: 10,
+        temperature: 0.0,
+        stop_ids: vec![],
+        ..Default::default()
+    };
+    let expected: Vec<Vec<i64>> = prompts
+        .iter()
+        .map(|p| {
+            generate(&model, std::slice::from_ref(p), &solo, None)[0][0]
+                .tokens
+                .clone()
+        })
+        .collect();
+    // A stop id taken from one expected continuation makes that row finish early.
+    let stop = expected[1][4];
+    let refill = SamplingParams {
+        max_batch: 2,
+        stop_ids: vec![stop],
+        ..solo.clone()
+    };
+    let got = generate(&model, &prompts, &refill, None);
+    for (i, want) in expected.iter().enumerate() {
+        let cut: Vec<i64> = want.iter().copied().take_while(|&t| t != stop).collect();
+        assert_eq!(got[i][0].tokens, cut, "prompt {i}");
+    }
+}

@@ -47,24 +47,96 @@ pub struct ForwardOutput {
     pub hidden: BTreeMap<usize, Tensor>,
 }
 
-/// Per-layer keys and values of the positions seen so far, [B, kv_heads, T_past, head_dim].
+/// Keys and values of one layer: preallocated buffers [B, kv_heads, capacity, head_dim] of
+/// which the first `len` positions are filled. Appending writes in place; a full buffer grows
+/// by doubling. Growing a cache by concatenation every decode step makes the CUDA allocator
+/// miss its cache on every step, which dominated decode time.
+pub struct LayerKv {
+    pub k: Tensor,
+    pub v: Tensor,
+    pub len: i64,
+}
+
+impl LayerKv {
+    fn from_new(k: Tensor, v: Tensor, reserve: i64) -> LayerKv {
+        let len = k.size()[2];
+        let mut kv = LayerKv { k, v, len };
+        if reserve > 0 {
+            kv.grow_to(len + reserve);
+        }
+        kv
+    }
+
+    pub fn capacity(&self) -> i64 {
+        self.k.size()[2]
+    }
+
+    fn grow_to(&mut self, capacity: i64) {
+        let mut shape = self.k.size();
+        shape[2] = capacity;
+        let k = Tensor::zeros(shape.as_slice(), (self.k.kind(), self.k.device()));
+        let v = Tensor::zeros(shape.as_slice(), (self.v.kind(), self.v.device()));
+        k.narrow(2, 0, self.len).copy_(&self.k.narrow(2, 0, self.len));
+        v.narrow(2, 0, self.len).copy_(&self.v.narrow(2, 0, self.len));
+        self.k = k;
+        self.v = v;
+    }
+
+    /// Appends [B, kv_heads, t, head_dim] and returns views of everything filled so far.
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
+        let t = k.size()[2];
+        if self.len + t > self.capacity() {
+            self.grow_to((self.len + t).max(2 * self.capacity()));
+        }
+        self.k.narrow(2, self.len, t).copy_(k);
+        self.v.narrow(2, self.len, t).copy_(v);
+        self.len += t;
+        (self.k.narrow(2, 0, self.len), self.v.narrow(2, 0, self.len))
+    }
+
+    /// The filled part, [B, kv_heads, len, head_dim].
+    pub fn filled(&self) -> (Tensor, Tensor) {
+        (self.k.narrow(2, 0, self.len), self.v.narrow(2, 0, self.len))
+    }
+}
+
+/// Per-layer keys and values of the positions seen so far.
 #[derive(Default)]
 pub struct KvCache {
-    pub layers: Vec<(Tensor, Tensor)>,
+    pub layers: Vec<LayerKv>,
+    /// Free positions to reserve behind a freshly filled layer (the generation budget), so
+    /// decoding never reallocates.
+    pub reserve: i64,
 }
 
 impl KvCache {
     pub fn new() -> KvCache {
-        KvCache { layers: Vec::new() }
+        KvCache::default()
+    }
+    /// A cache that keeps room for `reserve` more positions after its first fill.
+    pub fn with_reserve(reserve: i64) -> KvCache {
+        KvCache {
+            layers: Vec::new(),
+            reserve,
+        }
     }
     pub fn seq_len(&self) -> i64 {
-        self.layers.first().map_or(0, |(k, _)| k.size()[2])
+        self.layers.first().map_or(0, |l| l.len)
     }
     /// Keeps only the given batch rows (finished rows leave the batch).
     pub fn select_rows(&mut self, rows: &Tensor) {
-        for (k, v) in self.layers.iter_mut() {
-            *k = k.index_select(0, rows);
-            *v = v.index_select(0, rows);
+        for l in self.layers.iter_mut() {
+            l.k = l.k.index_select(0, rows);
+            l.v = l.v.index_select(0, rows);
+        }
+    }
+    /// Drops the first `n` positions of every row (columns that are padding everywhere).
+    pub fn drop_front(&mut self, n: i64) {
+        for l in self.layers.iter_mut() {
+            let cap = l.capacity();
+            l.k = l.k.narrow(2, n, cap - n);
+            l.v = l.v.narrow(2, n, cap - n);
+            l.len -= n;
         }
     }
 }
@@ -262,7 +334,7 @@ impl Model {
         index: usize,
         x: &Tensor,
         ctx: &AttentionContext,
-        cache: Option<&mut (Tensor, Tensor)>,
+        cache: Option<&mut LayerKv>,
         adapter: Option<&dyn Adapter>,
         train: bool,
     ) -> (Tensor, Option<(Tensor, Tensor)>) {
@@ -288,26 +360,32 @@ impl Model {
         let q = &q * &ctx.cos + rotate_half(&q) * &ctx.sin;
         let k = &k * &ctx.cos + rotate_half(&k) * &ctx.sin;
         let (k, v, new_cache) = match cache {
-            Some((pk, pv)) => {
-                let k = Tensor::cat(&[&*pk, &k], 2);
-                let v = Tensor::cat(&[&*pv, &v], 2);
-                *pk = k.shallow_clone();
-                *pv = v.shallow_clone();
+            Some(layer_kv) => {
+                let (k, v) = layer_kv.append(&k, &v);
                 (k, v, None)
             }
             None => (k.shallow_clone(), v.shallow_clone(), Some((k, v))),
         };
-        let is_causal = ctx.mask.is_none();
-        let attn = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            ctx.mask.as_ref(),
-            0.0,
-            is_causal,
-            None,
-            nkv != nh,
-        );
+        let attn = match &ctx.mask {
+            None => {
+                Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, true, None, nkv != nh)
+            }
+            Some(mask) => {
+                // Grouped-query attention without copying keys: the `group` query heads that
+                // share a kv head become extra query rows of that head, so the masked
+                // (memory-efficient) kernel runs on [B, kv_heads, group * T, head_dim].
+                let group = nh / nkv;
+                let qg = q.reshape([b, nkv, group * t, hd]);
+                let mask = if group > 1 {
+                    mask.repeat([1, 1, group, 1])
+                } else {
+                    mask.shallow_clone()
+                };
+                let out =
+                    Tensor::scaled_dot_product_attention(&qg, &k, &v, Some(&mask), 0.0, false, None, false);
+                out.reshape([b, nh, t, hd])
+            }
+        };
         let attn = attn.transpose(1, 2).reshape([b, t, nh * hd]);
         let x = x + project(Proj::O, &attn);
         let h = rms_norm(&x, &l.post_attention_norm, cfg.rms_norm_eps);
@@ -338,8 +416,9 @@ impl Model {
             let layer_cache = cache.as_deref_mut().and_then(|c| c.layers.get_mut(i));
             let has_cache_entry = layer_cache.is_some();
             let (out, fresh) = self.layer_forward(i, &x, &ctx, layer_cache, opts.adapter, opts.train);
-            if let (Some(c), false, Some(kv)) = (cache.as_deref_mut(), has_cache_entry, fresh) {
-                c.layers.push(kv);
+            if let (Some(c), false, Some((k, v))) = (cache.as_deref_mut(), has_cache_entry, fresh) {
+                let reserve = c.reserve;
+                c.layers.push(LayerKv::from_new(k, v, reserve));
             }
             x = out;
             if opts.capture_layers.contains(&i) {

@@ -1,0 +1,129 @@
+//! Engine benchmark: forward throughput with hidden-state capture and batched sampling, on a
+//! Qwen2.5-7B-shaped model with random bf16 weights built on the device (or a tiny model on CPU
+//! with `--tiny`). Prints one JSON line. The workloads mirror `hf_baseline.py` so the two can be
+//! compared side by side on one GPU (`bench/gpu.sh`).
+//!
+//! Usage: bench_engine [--device cuda|cpu] [--tiny] [--gen-batches 64,256] [--new-tokens 256]
+
+use pspace_engine::generate::{generate, SamplingParams};
+use pspace_engine::model::{ForwardOptions, Logits, Model, ModelConfig};
+use pspace_engine::Device;
+use std::time::Instant;
+use tch::{Kind, Tensor};
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn main() {
+    let tiny = std::env::args().any(|a| a == "--tiny");
+    let device: Device = arg("--device")
+        .unwrap_or_else(|| "cuda".into())
+        .parse()
+        .expect("--device cpu|cuda");
+    let tdev = device.activate().expect("device");
+    let kind = device.compute_kind();
+    let cfg = if tiny {
+        ModelConfig::tiny_qwen2()
+    } else {
+        ModelConfig::qwen2_5_7b()
+    };
+    let sync = || {
+        if let tch::Device::Cuda(i) = tdev {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
+    let t0 = Instant::now();
+    let model = Model::random(&cfg, tdev, kind, 0);
+    sync();
+    let mut res = serde_json::json!({
+        "device": device.to_string(),
+        "gpu": pspace_engine::device::cuda_devices().first().map(|g| g.name.clone()),
+        "model": if tiny { "tiny-qwen2" } else { "qwen2.5-7b-shaped" },
+        "init_s": (t0.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+    });
+    eprintln!("{res}");
+    let _guard = tch::no_grad_guard();
+    let vocab = cfg.vocab_size as i64;
+    let all_layers: Vec<usize> = (0..cfg.num_hidden_layers).collect();
+
+    // 1) Forward with hidden states of every layer, batch 32 x 256 (extraction).
+    let (b, t) = if tiny { (8, 64) } else { (32, 256) };
+    let ids = Tensor::randint(vocab.min(150_000), [b, t], (Kind::Int64, tdev));
+    let mask = Tensor::ones([b, t], (Kind::Int64, tdev));
+    for (key, logits) in [
+        ("extract_tok_s", Logits::None),
+        ("forward_with_logits_tok_s", Logits::All),
+    ] {
+        let opts = ForwardOptions {
+            capture_layers: &all_layers,
+            logits,
+            ..Default::default()
+        };
+        let _ = model.forward(&ids, &mask, None, &opts);
+        sync();
+        let n = 5;
+        let start = Instant::now();
+        for _ in 0..n {
+            let _ = model.forward(&ids, &mask, None, &opts);
+        }
+        sync();
+        let dt = start.elapsed().as_secs_f64() / n as f64;
+        res[key] = ((b * t) as f64 / dt).round().into();
+        eprintln!("{key} {}", res[key]);
+    }
+
+    // 2) Batched sampling: B prompts x 128 tokens, N new tokens forced (no stop tokens).
+    let new_tokens: usize = arg("--new-tokens")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if tiny { 32 } else { 256 });
+    let batches: Vec<usize> = arg("--gen-batches")
+        .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_else(|| if tiny { vec![8] } else { vec![64, 256] });
+    let prompt_len = if tiny { 16 } else { 128 };
+    let mut gen = serde_json::Map::new();
+    for &gb in &batches {
+        let prompts: Vec<Vec<i64>> = (0..gb)
+            .map(|r| {
+                Vec::<i64>::try_from(
+                    Tensor::randint(vocab.min(150_000), [prompt_len], (Kind::Int64, tch::Device::Cpu))
+                        + r as i64 * 0,
+                )
+                .unwrap()
+            })
+            .collect();
+        let params = SamplingParams {
+            max_new_tokens: new_tokens,
+            temperature: 1.0,
+            top_p: 1.0,
+            n: 1,
+            seed: 1,
+            stop_ids: vec![],
+            max_batch: gb,
+            ..Default::default()
+        };
+        let warm = SamplingParams {
+            max_new_tokens: 8,
+            ..params.clone()
+        };
+        let _ = generate(&model, &prompts, &warm, None);
+        sync();
+        let start = Instant::now();
+        let out = generate(&model, &prompts, &params, None);
+        sync();
+        let dt = start.elapsed().as_secs_f64();
+        let produced: usize = out.iter().map(|g| g[0].tokens.len()).sum();
+        gen.insert(gb.to_string(), (produced as f64 / dt).round().into());
+        eprintln!(
+            "generate batch {gb}: {} new tokens/s",
+            (produced as f64 / dt).round()
+        );
+    }
+    res["gen_tok_s"] = gen.into();
+    res["gen_prompt_len"] = prompt_len.into();
+    res["gen_new_tokens"] = new_tokens.into();
+    println!("{res}");
+}
