@@ -87,12 +87,13 @@ fn main() {
     let mut gen = serde_json::Map::new();
     for &gb in &batches {
         let prompts: Vec<Vec<i64>> = (0..gb)
-            .map(|r| {
-                Vec::<i64>::try_from(
-                    Tensor::randint(vocab.min(150_000), [prompt_len], (Kind::Int64, tch::Device::Cpu))
-                        + r as i64 * 0,
-                )
-                .unwrap()
+            .map(|_| {
+                Vec::<i64>::try_from(Tensor::randint(
+                    vocab.min(150_000),
+                    [prompt_len],
+                    (Kind::Int64, tch::Device::Cpu),
+                ))
+                .unwrap_or_default()
             })
             .collect();
         let params = SamplingParams {
