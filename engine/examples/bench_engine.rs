@@ -76,6 +76,80 @@ fn main() {
         eprintln!("{key} {}", res[key]);
     }
 
+    // 0) Correctness on this device: the tiny fixture model in the device's precision against
+    // f32 on the CPU (hidden states of every layer at the last token, relative to the norm).
+    let fixture = std::path::Path::new("engine/tests/fixtures/tiny-qwen2");
+    if fixture.exists() && tdev != tch::Device::Cpu {
+        let cpu = Model::load(fixture, tch::Device::Cpu, Kind::Float).expect("tiny fixture");
+        let dev = Model::load(fixture, tdev, kind).expect("tiny fixture on device");
+        let prompts: Vec<Vec<i64>> = vec![(5..45).collect(), (300..317).collect(), vec![7, 8, 9]];
+        let layers: Vec<usize> = (0..cpu.num_layers()).collect();
+        let a = pspace_engine::extract::last_token_states(&cpu, &prompts, &layers, 4096).expect("cpu");
+        let b = pspace_engine::extract::last_token_states(&dev, &prompts, &layers, 4096).expect("device");
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| {
+                let err = (x - y).norm_scalaropt_dim(2, [1], false);
+                (err / x.norm_scalaropt_dim(2, [1], false))
+                    .max()
+                    .double_value(&[])
+            })
+            .fold(0.0f64, f64::max);
+        res["tiny_device_vs_cpu_f32_max_rel_err"] = worst.into();
+        eprintln!("tiny fixture on {device} ({kind:?}) vs CPU f32: max relative error {worst:.2e}");
+    }
+
+    // 1b) Where a decode step's time goes: the forward alone, then the sampling alone.
+    if std::env::args().any(|a| a == "--profile-decode") {
+        let b = 64i64;
+        let ids = Tensor::randint(vocab.min(150_000), [b, 128], (Kind::Int64, tdev));
+        let mut mask = Tensor::ones([b, 128], (Kind::Int64, tdev));
+        let mut cache = pspace_engine::model::KvCache::with_reserve(64);
+        let opts = ForwardOptions::default();
+        let out = model.forward(&ids, &mask, Some(&mut cache), &opts);
+        let mut next = out.logits.unwrap().squeeze_dim(1).argmax(-1, false).unsqueeze(1);
+        sync();
+        let start = Instant::now();
+        let steps = 20;
+        let mut last_logits = None;
+        for _ in 0..steps {
+            mask = Tensor::cat(&[&mask, &Tensor::ones([b, 1], (Kind::Int64, tdev))], 1);
+            let out = model.forward(&next, &mask, Some(&mut cache), &opts);
+            let logits = out.logits.unwrap().squeeze_dim(1);
+            next = logits.argmax(-1, false).unsqueeze(1);
+            last_logits = Some(logits);
+        }
+        sync();
+        res["decode_step_ms_b64"] = (start.elapsed().as_secs_f64() * 1000.0 / steps as f64).into();
+        let logits = last_logits.unwrap();
+        let start = Instant::now();
+        for _ in 0..steps {
+            let p = (logits.to_kind(Kind::Float) / 1.0).softmax(-1, Kind::Float);
+            let _ = p.multinomial(1, false);
+        }
+        sync();
+        res["sample_ms_b64"] = (start.elapsed().as_secs_f64() * 1000.0 / steps as f64).into();
+        let start = Instant::now();
+        for _ in 0..steps {
+            let _ = Vec::<i64>::try_from(next.view([-1]).to_device(tch::Device::Cpu));
+        }
+        res["host_copy_ms"] = (start.elapsed().as_secs_f64() * 1000.0 / steps as f64).into();
+        // The same forward without a mask (no padding, plain causal path over the whole prefix).
+        let start = Instant::now();
+        for _ in 0..3 {
+            let _ = model.forward(
+                &ids.narrow(1, 0, 1),
+                &Tensor::ones([b, 1], (Kind::Int64, tdev)),
+                None,
+                &opts,
+            );
+        }
+        sync();
+        res["one_token_no_cache_ms"] = (start.elapsed().as_secs_f64() * 1000.0 / 3.0).into();
+        eprintln!("{res}");
+    }
+
     // 2) Batched sampling: B prompts x 128 tokens, N new tokens forced (no stop tokens).
     let new_tokens: usize = arg("--new-tokens")
         .and_then(|s| s.parse().ok())

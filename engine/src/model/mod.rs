@@ -181,6 +181,12 @@ unsafe impl Send for Model {}
 
 fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
     let kind = x.kind();
+    if kind != Kind::Float {
+        // Half precision (GPU): libtorch's fused kernel, one launch instead of eight; it applies
+        // the weight before rounding, which differs from HF only within bf16 precision.
+        let h = *x.size().last().unwrap_or(&0);
+        return x.rms_norm([h], Some(weight), eps);
+    }
     let xf = x.to_kind(Kind::Float);
     let var = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
     let normed = (xf * (var + eps).rsqrt()).to_kind(kind);
@@ -310,9 +316,19 @@ impl Model {
             .clamp_min(0)
             .narrow(1, past, new_tokens);
         let (cos, sin) = self.rotary(&positions);
-        // Rows with no padding and no cache can use the flash kernel's built-in causal mask.
-        let no_padding_no_cache = past == 0 && mask_l.min().int64_value(&[]) == 1;
-        let mask = if no_padding_no_cache {
+        // Without a cache, rows whose real tokens form a prefix (no padding, or right padding)
+        // need nothing beyond the causal mask: a real query only sees earlier, real keys. Those
+        // use the flash kernel's built-in causal mask.
+        let prefix_only = past == 0
+            && (new_tokens < 2
+                || bool::try_from(
+                    mask_l
+                        .narrow(1, 1, new_tokens - 1)
+                        .le_tensor(&mask_l.narrow(1, 0, new_tokens - 1))
+                        .all(),
+                )
+                .unwrap_or(false));
+        let mask = if prefix_only {
             None
         } else {
             let q_idx = Tensor::arange_start(past, total, (Kind::Int64, self.device)).view([new_tokens, 1]);
@@ -369,6 +385,23 @@ impl Model {
         let attn = match &ctx.mask {
             None => {
                 Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, true, None, nkv != nh)
+            }
+            Some(mask) if t <= 8 => {
+                // Decoding: a few query rows against a long cache. Grouped-query attention as two
+                // batched matmuls over [B, kv_heads, group * T, ...], no key copies, few launches.
+                let group = nh / nkv;
+                let qg = q.reshape([b, nkv, group * t, hd]);
+                let mask = if group > 1 {
+                    mask.repeat([1, 1, group, 1])
+                } else {
+                    mask.shallow_clone()
+                };
+                let scores = qg.matmul(&k.transpose(-2, -1)) * (1.0 / (hd as f64).sqrt());
+                let probs = scores
+                    .masked_fill(&mask.logical_not(), f64::NEG_INFINITY)
+                    .softmax(-1, Kind::Float)
+                    .to_kind(q.kind());
+                probs.matmul(&v).reshape([b, nh, t, hd])
             }
             Some(mask) => {
                 // Grouped-query attention without copying keys: the `group` query heads that
