@@ -524,8 +524,18 @@ pub(crate) mod tests {
     use super::*;
     use std::io::Write;
 
-    /// Writes a minimal GGUF v3 file with the given metadata strings and raw tensors.
-    pub(crate) fn write_gguf(path: &Path, meta: &[(&str, &str)], tensors: &[(&str, &[u64], u32, Vec<u8>)]) {
+    /// A metadata value for `write_gguf`.
+    #[derive(Clone)]
+    pub(crate) enum Meta {
+        Str(&'static str),
+        U32(u32),
+        F32(f32),
+        Strs(Vec<&'static str>),
+    }
+
+    /// Writes a minimal GGUF v3 file with the given metadata and raw tensors
+    /// (name, dims fastest-first as GGUF stores them, ggml type id, bytes).
+    pub(crate) fn write_gguf(path: &Path, meta: &[(&str, Meta)], tensors: &[(String, Vec<u64>, u32, Vec<u8>)]) {
         let mut f = Vec::new();
         f.extend(b"GGUF");
         f.extend(3u32.to_le_bytes());
@@ -537,8 +547,28 @@ pub(crate) mod tests {
         };
         for (k, v) in meta {
             s(&mut f, k);
-            f.extend(8u32.to_le_bytes());
-            s(&mut f, v);
+            match v {
+                Meta::Str(v) => {
+                    f.extend(8u32.to_le_bytes());
+                    s(&mut f, v);
+                }
+                Meta::U32(v) => {
+                    f.extend(4u32.to_le_bytes());
+                    f.extend(v.to_le_bytes());
+                }
+                Meta::F32(v) => {
+                    f.extend(6u32.to_le_bytes());
+                    f.extend(v.to_le_bytes());
+                }
+                Meta::Strs(items) => {
+                    f.extend(9u32.to_le_bytes());
+                    f.extend(8u32.to_le_bytes());
+                    f.extend((items.len() as u64).to_le_bytes());
+                    for item in items {
+                        s(&mut f, item);
+                    }
+                }
+            }
         }
         let mut offset = 0u64;
         for (name, dims, ty, data) in tensors {
@@ -604,11 +634,24 @@ pub(crate) mod tests {
             .collect();
         write_gguf(
             &path,
-            &[("general.architecture", "llama")],
-            &[("w", &[3, 2], 0, floats), ("k", &[256], 12, vec![0u8; 144])],
+            &[
+                ("general.architecture", Meta::Str("llama")),
+                ("general.alignment", Meta::U32(32)),
+                ("llama.rope.freq_base", Meta::F32(1e6)),
+                ("tokenizer.ggml.tokens", Meta::Strs(vec!["<s>", "a b", "\u{e9}"])),
+            ],
+            &[
+                ("w".into(), vec![3, 2], 0, floats),
+                ("k".into(), vec![256], 12, vec![0u8; 144]),
+            ],
         );
         let g = GgufFile::open(&path).unwrap();
+        assert_eq!(g.version(), 3);
         assert_eq!(g.get_str("general.architecture"), Some("llama"));
+        assert_eq!(g.get_u64("general.alignment"), Some(32));
+        assert_eq!(g.get_f64("llama.rope.freq_base"), Some(1e6));
+        assert_eq!(g.get_str_array("tokenizer.ggml.tokens"), Some(vec!["<s>", "a b", "\u{e9}"]));
+        assert_eq!(g.tensor_infos().len(), 2);
         let (shape, values) = g.tensor_f32("w").unwrap();
         assert_eq!(shape, vec![2, 3]);
         assert_eq!(values, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);

@@ -20,6 +20,13 @@ pub enum LoadError {
     UnknownArchitecture { path: PathBuf, found: String },
     #[error("{path} is not a valid safetensors file (truncated or corrupt?): {message}")]
     BadSafetensors { path: PathBuf, message: String },
+    #[error("{path} is truncated: tensor {tensor:?} needs the file to be at least {expected} bytes, found {found}")]
+    Truncated {
+        path: PathBuf,
+        tensor: String,
+        expected: usize,
+        found: usize,
+    },
     #[error("{path}: tensor {tensor:?} is missing")]
     MissingTensor { path: PathBuf, tensor: String },
     #[error("{path}: tensor {tensor:?} is not a weight of a {architecture} model")]
@@ -176,9 +183,11 @@ impl Model {
                 path: file.clone(),
                 source,
             })?;
-            let st = SafeTensors::deserialize(&map).map_err(|e| LoadError::BadSafetensors {
-                path: file.clone(),
-                message: e.to_string(),
+            let st = SafeTensors::deserialize(&map).map_err(|e| {
+                truncated_tensor(file, &map).unwrap_or_else(|| LoadError::BadSafetensors {
+                    path: file.clone(),
+                    message: e.to_string(),
+                })
             })?;
             for (name, view) in st.tensors() {
                 // Rotary caches some exporters save are recomputed, not loaded.
@@ -288,6 +297,8 @@ impl Model {
                     architecture: format!("{:?}", cfg.architecture).to_lowercase(),
                 });
             };
+            // Dequantising first reports an unsupported type before any shape question.
+            let (shape, values) = g.tensor_f32(&info.name)?;
             let want = &expected[hf];
             if &info.shape != want {
                 return Err(LoadError::Shape {
@@ -297,7 +308,6 @@ impl Model {
                     found: info.shape.clone(),
                 });
             }
-            let (shape, values) = g.tensor_f32(&info.name)?;
             let shape_i: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
             let mut t = Tensor::from_slice(&values).view(shape_i.as_slice());
             if cfg.architecture == super::Architecture::Llama {
@@ -311,9 +321,13 @@ impl Model {
         }
         for name in expected.keys() {
             if !loaded.contains_key(name) {
+                let gguf_name = map
+                    .iter()
+                    .find(|(_, hf)| *hf == name)
+                    .map_or(name.clone(), |(g, _)| g.clone());
                 return Err(LoadError::MissingTensor {
                     path: path.clone(),
-                    tensor: name.clone(),
+                    tensor: gguf_name,
                 });
             }
         }
@@ -338,6 +352,30 @@ impl Model {
     }
 }
 
+/// When a safetensors file fails to parse because its data ends early, the first tensor whose
+/// bytes lie past the end (the header is intact, so it can still be read).
+fn truncated_tensor(path: &Path, bytes: &[u8]) -> Option<LoadError> {
+    let header_len = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+    let header: serde_json::Value = serde_json::from_slice(bytes.get(8..8usize.checked_add(header_len)?)?).ok()?;
+    let mut ends: Vec<(usize, String)> = header
+        .as_object()?
+        .iter()
+        .filter(|(name, _)| name.as_str() != "__metadata__")
+        .filter_map(|(name, info)| {
+            let end = info["data_offsets"].get(1)?.as_u64()? as usize;
+            Some((8 + header_len + end, name.clone()))
+        })
+        .collect();
+    ends.sort();
+    let (expected, tensor) = ends.into_iter().find(|(end, _)| *end > bytes.len())?;
+    Some(LoadError::Truncated {
+        path: path.to_path_buf(),
+        tensor,
+        expected,
+        found: bytes.len(),
+    })
+}
+
 /// Undoes llama.cpp's q/k row permutation: [heads, 2, dim/2, in] -> [heads, dim/2, 2, in].
 fn reverse_permute(w: &Tensor, heads: usize) -> Tensor {
     let size = w.size();
@@ -347,4 +385,262 @@ fn reverse_permute(w: &Tensor, heads: usize) -> Tensor {
     w.reshape([heads, half, 2, cols])
         .transpose(1, 2)
         .reshape([rows, cols])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::tests::{write_gguf, Meta};
+    use crate::model::Architecture;
+
+    fn tiny_llama() -> ModelConfig {
+        ModelConfig {
+            architecture: Architecture::Llama,
+            vocab_size: 10,
+            hidden_size: 8,
+            intermediate_size: 12,
+            num_hidden_layers: 2,
+            num_attention_heads: 2,
+            num_key_value_heads: 1,
+            head_dim: 4,
+            rope_theta: 10_000.0,
+            rms_norm_eps: 1e-5,
+            attention_bias: false,
+            tie_word_embeddings: true,
+            bos_token_id: Some(1),
+            eos_token_id: Some(2),
+        }
+    }
+
+    fn write_config(dir: &Path, model_type: &str) {
+        let cfg = serde_json::json!({
+            "model_type": model_type, "vocab_size": 10, "hidden_size": 8, "intermediate_size": 12,
+            "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+            "rms_norm_eps": 1e-5, "tie_word_embeddings": true, "bos_token_id": 1, "eos_token_id": [2, 3],
+            "rope_parameters": {"rope_theta": 500000.0, "rope_type": "default"}
+        });
+        std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    }
+
+    /// Deterministic f32 values for a tensor (its index times a small step).
+    fn values(n: usize, salt: usize) -> Vec<f32> {
+        (0..n).map(|i| ((i * 7 + salt * 13) % 23) as f32 * 0.01 - 0.1).collect()
+    }
+
+    fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Vec<usize>>) {
+        let data: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+            .iter()
+            .enumerate()
+            .map(|(i, (name, shape))| {
+                let n = shape.iter().product();
+                let bytes = values(n, i).iter().flat_map(|x| x.to_le_bytes()).collect();
+                (name.clone(), shape.clone(), bytes)
+            })
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = data
+            .iter()
+            .map(|(name, shape, bytes)| {
+                (
+                    name.clone(),
+                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes).unwrap(),
+                )
+            })
+            .collect();
+        std::fs::write(path, safetensors::tensor::serialize(views, None).unwrap()).unwrap();
+    }
+
+    fn load_err(dir: &Path) -> String {
+        match Model::load(dir, tch::Device::Cpu, Kind::Float) {
+            Ok(_) => panic!("loading {} should fail", dir.display()),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn an_hf_folder_loads_and_bad_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        write_config(dir.path(), "llama");
+        let cfg = ModelConfig::from_hf_json(&dir.path().join("config.json")).unwrap();
+        assert_eq!(cfg.rope_theta, 500_000.0);
+        assert_eq!(cfg.eos_token_id, Some(2));
+        assert_eq!(cfg, ModelConfig { rope_theta: 500_000.0, ..tiny_llama() });
+        let expected = hf_expected(&cfg);
+        let st = dir.path().join("model.safetensors");
+        write_safetensors(&st, &expected);
+        let model = Model::load(dir.path(), tch::Device::Cpu, Kind::Float).unwrap();
+        let w = model.projection_weight(1, Proj::Down);
+        assert_eq!(w.size(), vec![8, 12]);
+        assert_eq!(model.num_layers(), 2);
+
+        // Truncated: the header survives, the data does not.
+        let full = std::fs::read(&st).unwrap();
+        std::fs::write(&st, &full[..full.len() - 40]).unwrap();
+        let err = load_err(dir.path());
+        assert!(err.contains("model.safetensors") && err.contains("truncated") && err.contains("model."), "{err}");
+        std::fs::write(&st, &full[..5]).unwrap();
+        let err = load_err(dir.path());
+        assert!(err.contains("model.safetensors") && err.contains("not a valid safetensors"), "{err}");
+
+        // An unknown tensor name.
+        let mut extra = expected.clone();
+        extra.insert("model.layers.0.self_attn.rotary.weight".into(), vec![4]);
+        write_safetensors(&st, &extra);
+        let err = load_err(dir.path());
+        assert!(err.contains("model.safetensors") && err.contains("model.layers.0.self_attn.rotary.weight"), "{err}");
+
+        // A missing tensor.
+        let mut fewer = expected.clone();
+        fewer.remove("model.layers.1.mlp.up_proj.weight");
+        write_safetensors(&st, &fewer);
+        let err = load_err(dir.path());
+        assert!(err.contains("model.layers.1.mlp.up_proj.weight") && err.contains("missing"), "{err}");
+
+        // A shape mismatch names expected and found.
+        let mut wrong = expected.clone();
+        wrong.insert("model.layers.0.self_attn.k_proj.weight".into(), vec![8, 8]);
+        write_safetensors(&st, &wrong);
+        let err = load_err(dir.path());
+        assert!(
+            err.contains("model.layers.0.self_attn.k_proj.weight") && err.contains("[4, 8]") && err.contains("[8, 8]"),
+            "{err}"
+        );
+
+        // An unknown architecture.
+        write_config(dir.path(), "mamba");
+        let err = load_err(dir.path());
+        assert!(err.contains("config.json") && err.contains("mamba") && err.contains("llama or qwen2"), "{err}");
+    }
+
+    #[test]
+    fn a_sharded_hf_folder_loads_from_its_index() {
+        let dir = tempfile::tempdir().unwrap();
+        write_config(dir.path(), "llama");
+        let cfg = ModelConfig::from_hf_json(&dir.path().join("config.json")).unwrap();
+        let expected = hf_expected(&cfg);
+        let (first, second): (BTreeMap<_, _>, BTreeMap<_, _>) =
+            expected.clone().into_iter().partition(|(n, _)| n.contains("layers.0"));
+        write_safetensors(&dir.path().join("a.safetensors"), &first);
+        write_safetensors(&dir.path().join("b.safetensors"), &second);
+        let weight_map: serde_json::Map<String, serde_json::Value> = expected
+            .keys()
+            .map(|n| {
+                let file = if first.contains_key(n) { "a.safetensors" } else { "b.safetensors" };
+                (n.clone(), file.into())
+            })
+            .collect();
+        std::fs::write(
+            dir.path().join("model.safetensors.index.json"),
+            serde_json::json!({ "weight_map": weight_map }).to_string(),
+        )
+        .unwrap();
+        let model = Model::load(dir.path(), tch::Device::Cpu, Kind::Float).unwrap();
+        assert_eq!(model.projection_weight(0, Proj::Q).size(), vec![8, 8]);
+        std::fs::remove_file(dir.path().join("b.safetensors")).unwrap();
+        let err = load_err(dir.path());
+        assert!(err.contains("b.safetensors"), "{err}");
+    }
+
+    fn llama_meta() -> Vec<(&'static str, Meta)> {
+        vec![
+            ("general.architecture", Meta::Str("llama")),
+            ("llama.embedding_length", Meta::U32(8)),
+            ("llama.feed_forward_length", Meta::U32(12)),
+            ("llama.block_count", Meta::U32(1)),
+            ("llama.attention.head_count", Meta::U32(2)),
+            ("llama.attention.head_count_kv", Meta::U32(1)),
+            ("llama.rope.freq_base", Meta::F32(10_000.0)),
+            ("llama.attention.layer_norm_rms_epsilon", Meta::F32(1e-5)),
+            ("llama.vocab_size", Meta::U32(10)),
+        ]
+    }
+
+    fn f32_bytes(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    /// llama.cpp's converter (`LlamaModel.permute`): rows [heads, 2, dim/2] -> [heads, dim/2, 2].
+    fn llama_cpp_permute(w: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+        let half = rows / heads / 2;
+        let mut out = vec![0f32; w.len()];
+        for h in 0..heads {
+            for two in 0..2 {
+                for i in 0..half {
+                    let src = h * 2 * half + two * half + i;
+                    let dst = h * 2 * half + i * 2 + two;
+                    out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_llama_gguf_loads_with_q_and_k_rows_unpermuted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.gguf");
+        let mut tensors: Vec<(String, Vec<u64>, u32, Vec<u8>)> = Vec::new();
+        let mut originals = BTreeMap::new();
+        let shapes: [(&str, Vec<usize>); 10] = [
+            ("token_embd.weight", vec![10, 8]),
+            ("output_norm.weight", vec![8]),
+            ("blk.0.attn_norm.weight", vec![8]),
+            ("blk.0.ffn_norm.weight", vec![8]),
+            ("blk.0.attn_q.weight", vec![8, 8]),
+            ("blk.0.attn_k.weight", vec![4, 8]),
+            ("blk.0.attn_v.weight", vec![4, 8]),
+            ("blk.0.attn_output.weight", vec![8, 8]),
+            ("blk.0.ffn_gate.weight", vec![12, 8]),
+            ("blk.0.ffn_up.weight", vec![12, 8]),
+        ];
+        for (i, (name, shape)) in shapes.iter().chain([("blk.0.ffn_down.weight", vec![8, 12])].iter()).enumerate() {
+            let v = values(shape.iter().product(), i);
+            originals.insert(name.to_string(), v.clone());
+            let stored = match *name {
+                "blk.0.attn_q.weight" => llama_cpp_permute(&v, 8, 8, 2),
+                "blk.0.attn_k.weight" => llama_cpp_permute(&v, 4, 8, 1),
+                _ => v,
+            };
+            let dims: Vec<u64> = shape.iter().rev().map(|&d| d as u64).collect();
+            tensors.push((name.to_string(), dims, 0, f32_bytes(&stored)));
+        }
+        write_gguf(&path, &llama_meta(), &tensors);
+        let model = Model::load(&path, tch::Device::Cpu, Kind::Float).unwrap();
+        assert!(model.config().tie_word_embeddings);
+        for (proj, name) in [(Proj::Q, "blk.0.attn_q.weight"), (Proj::K, "blk.0.attn_k.weight"), (Proj::V, "blk.0.attn_v.weight")] {
+            let got = Vec::<f32>::try_from(model.projection_weight(0, proj).reshape([-1])).unwrap();
+            assert_eq!(got, originals[name], "{name}");
+        }
+
+        // A quantisation pspace cannot read is named with its tensor.
+        let mut quant = tensors.clone();
+        quant[5] = ("blk.0.attn_k.weight".into(), vec![256, 4], 12, vec![0u8; 4 * 144]);
+        write_gguf(&path, &llama_meta(), &quant);
+        let err = load_err(&path);
+        assert!(err.contains("m.gguf") && err.contains("blk.0.attn_k.weight") && err.contains("Q4_K"), "{err}");
+
+        // Shape mismatch and unknown tensors.
+        let mut wrong = tensors.clone();
+        wrong[5].1 = vec![8, 8];
+        wrong[5].3 = vec![0u8; 256];
+        write_gguf(&path, &llama_meta(), &wrong);
+        let err = load_err(&path);
+        assert!(err.contains("blk.0.attn_k.weight") && err.contains("[4, 8]") && err.contains("[8, 8]"), "{err}");
+        let mut extra = tensors.clone();
+        extra.push(("blk.0.attn_sinks.weight".into(), vec![2], 0, vec![0u8; 8]));
+        write_gguf(&path, &llama_meta(), &extra);
+        let err = load_err(&path);
+        assert!(err.contains("blk.0.attn_sinks.weight"), "{err}");
+        let mut missing = tensors.clone();
+        missing.remove(1);
+        write_gguf(&path, &llama_meta(), &missing);
+        let err = load_err(&path);
+        assert!(err.contains("output_norm.weight") && err.contains("missing"), "{err}");
+
+        // An architecture other than llama/qwen2.
+        let mut meta = llama_meta();
+        meta[0].1 = Meta::Str("gemma3");
+        write_gguf(&path, &meta, &tensors);
+        let err = load_err(&path);
+        assert!(err.contains("m.gguf") && err.contains("gemma3"), "{err}");
+    }
 }

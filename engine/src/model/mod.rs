@@ -148,11 +148,8 @@ pub(crate) struct Linear {
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> Tensor {
-        let y = x.matmul(&self.weight.tr());
-        match &self.bias {
-            Some(b) => y + b,
-            None => y,
-        }
+        // One fused call (matmul + bias): decoding is bound by how many ops are launched.
+        x.linear(&self.weight, self.bias.as_ref())
     }
 }
 
@@ -341,7 +338,12 @@ impl Model {
             let allowed = causal.logical_and(&keys_real).logical_or(&diagonal);
             Some(allowed)
         };
-        AttentionContext { cos, sin, mask }
+        AttentionContext {
+            cos,
+            sin,
+            mask,
+            blocked: std::sync::OnceLock::new(),
+        }
     }
 
     /// Runs decoder layer `index` on hidden states [B, T, H].
@@ -473,6 +475,29 @@ pub struct AttentionContext {
     sin: Tensor,
     /// None: no padding and no cache, use the causal kernel.
     mask: Option<Tensor>,
+    /// The complement of `mask` repeated for grouped query rows, made once per forward pass
+    /// (every layer needs the same one).
+    blocked: std::sync::OnceLock<(i64, Tensor)>,
+}
+
+impl AttentionContext {
+    fn blocked_for_groups(&self, group: i64) -> Tensor {
+        let (g, t) = self.blocked.get_or_init(|| {
+            let mask = self
+                .mask
+                .as_ref()
+                .map(Tensor::logical_not)
+                .unwrap_or_else(Tensor::new);
+            let blocked = if group > 1 {
+                mask.repeat([1, 1, group, 1])
+            } else {
+                mask
+            };
+            (group, blocked)
+        });
+        debug_assert_eq!(*g, group);
+        t.shallow_clone()
+    }
 }
 
 trait EmbeddingLike {
