@@ -535,7 +535,11 @@ pub(crate) mod tests {
 
     /// Writes a minimal GGUF v3 file with the given metadata and raw tensors
     /// (name, dims fastest-first as GGUF stores them, ggml type id, bytes).
-    pub(crate) fn write_gguf(path: &Path, meta: &[(&str, Meta)], tensors: &[(String, Vec<u64>, u32, Vec<u8>)]) {
+    pub(crate) fn write_gguf(
+        path: &Path,
+        meta: &[(&str, Meta)],
+        tensors: &[(String, Vec<u64>, u32, Vec<u8>)],
+    ) {
         let mut f = Vec::new();
         f.extend(b"GGUF");
         f.extend(3u32.to_le_bytes());
@@ -650,7 +654,10 @@ pub(crate) mod tests {
         assert_eq!(g.get_str("general.architecture"), Some("llama"));
         assert_eq!(g.get_u64("general.alignment"), Some(32));
         assert_eq!(g.get_f64("llama.rope.freq_base"), Some(1e6));
-        assert_eq!(g.get_str_array("tokenizer.ggml.tokens"), Some(vec!["<s>", "a b", "\u{e9}"]));
+        assert_eq!(
+            g.get_str_array("tokenizer.ggml.tokens"),
+            Some(vec!["<s>", "a b", "\u{e9}"])
+        );
         assert_eq!(g.tensor_infos().len(), 2);
         let (shape, values) = g.tensor_f32("w").unwrap();
         assert_eq!(shape, vec![2, 3]);

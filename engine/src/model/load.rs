@@ -356,7 +356,8 @@ impl Model {
 /// bytes lie past the end (the header is intact, so it can still be read).
 fn truncated_tensor(path: &Path, bytes: &[u8]) -> Option<LoadError> {
     let header_len = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
-    let header: serde_json::Value = serde_json::from_slice(bytes.get(8..8usize.checked_add(header_len)?)?).ok()?;
+    let header: serde_json::Value =
+        serde_json::from_slice(bytes.get(8..8usize.checked_add(header_len)?)?).ok()?;
     let mut ends: Vec<(usize, String)> = header
         .as_object()?
         .iter()
@@ -424,7 +425,9 @@ mod tests {
 
     /// Deterministic f32 values for a tensor (its index times a small step).
     fn values(n: usize, salt: usize) -> Vec<f32> {
-        (0..n).map(|i| ((i * 7 + salt * 13) % 23) as f32 * 0.01 - 0.1).collect()
+        (0..n)
+            .map(|i| ((i * 7 + salt * 13) % 23) as f32 * 0.01 - 0.1)
+            .collect()
     }
 
     fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Vec<usize>>) {
@@ -442,7 +445,8 @@ mod tests {
             .map(|(name, shape, bytes)| {
                 (
                     name.clone(),
-                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes).unwrap(),
+                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                        .unwrap(),
                 )
             })
             .collect();
@@ -463,7 +467,13 @@ mod tests {
         let cfg = ModelConfig::from_hf_json(&dir.path().join("config.json")).unwrap();
         assert_eq!(cfg.rope_theta, 500_000.0);
         assert_eq!(cfg.eos_token_id, Some(2));
-        assert_eq!(cfg, ModelConfig { rope_theta: 500_000.0, ..tiny_llama() });
+        assert_eq!(
+            cfg,
+            ModelConfig {
+                rope_theta: 500_000.0,
+                ..tiny_llama()
+            }
+        );
         let expected = hf_expected(&cfg);
         let st = dir.path().join("model.safetensors");
         write_safetensors(&st, &expected);
@@ -476,24 +486,36 @@ mod tests {
         let full = std::fs::read(&st).unwrap();
         std::fs::write(&st, &full[..full.len() - 40]).unwrap();
         let err = load_err(dir.path());
-        assert!(err.contains("model.safetensors") && err.contains("truncated") && err.contains("model."), "{err}");
+        assert!(
+            err.contains("model.safetensors") && err.contains("truncated") && err.contains("model."),
+            "{err}"
+        );
         std::fs::write(&st, &full[..5]).unwrap();
         let err = load_err(dir.path());
-        assert!(err.contains("model.safetensors") && err.contains("not a valid safetensors"), "{err}");
+        assert!(
+            err.contains("model.safetensors") && err.contains("not a valid safetensors"),
+            "{err}"
+        );
 
         // An unknown tensor name.
         let mut extra = expected.clone();
         extra.insert("model.layers.0.self_attn.rotary.weight".into(), vec![4]);
         write_safetensors(&st, &extra);
         let err = load_err(dir.path());
-        assert!(err.contains("model.safetensors") && err.contains("model.layers.0.self_attn.rotary.weight"), "{err}");
+        assert!(
+            err.contains("model.safetensors") && err.contains("model.layers.0.self_attn.rotary.weight"),
+            "{err}"
+        );
 
         // A missing tensor.
         let mut fewer = expected.clone();
         fewer.remove("model.layers.1.mlp.up_proj.weight");
         write_safetensors(&st, &fewer);
         let err = load_err(dir.path());
-        assert!(err.contains("model.layers.1.mlp.up_proj.weight") && err.contains("missing"), "{err}");
+        assert!(
+            err.contains("model.layers.1.mlp.up_proj.weight") && err.contains("missing"),
+            "{err}"
+        );
 
         // A shape mismatch names expected and found.
         let mut wrong = expected.clone();
@@ -501,14 +523,19 @@ mod tests {
         write_safetensors(&st, &wrong);
         let err = load_err(dir.path());
         assert!(
-            err.contains("model.layers.0.self_attn.k_proj.weight") && err.contains("[4, 8]") && err.contains("[8, 8]"),
+            err.contains("model.layers.0.self_attn.k_proj.weight")
+                && err.contains("[4, 8]")
+                && err.contains("[8, 8]"),
             "{err}"
         );
 
         // An unknown architecture.
         write_config(dir.path(), "mamba");
         let err = load_err(dir.path());
-        assert!(err.contains("config.json") && err.contains("mamba") && err.contains("llama or qwen2"), "{err}");
+        assert!(
+            err.contains("config.json") && err.contains("mamba") && err.contains("llama or qwen2"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -517,14 +544,20 @@ mod tests {
         write_config(dir.path(), "llama");
         let cfg = ModelConfig::from_hf_json(&dir.path().join("config.json")).unwrap();
         let expected = hf_expected(&cfg);
-        let (first, second): (BTreeMap<_, _>, BTreeMap<_, _>) =
-            expected.clone().into_iter().partition(|(n, _)| n.contains("layers.0"));
+        let (first, second): (BTreeMap<_, _>, BTreeMap<_, _>) = expected
+            .clone()
+            .into_iter()
+            .partition(|(n, _)| n.contains("layers.0"));
         write_safetensors(&dir.path().join("a.safetensors"), &first);
         write_safetensors(&dir.path().join("b.safetensors"), &second);
         let weight_map: serde_json::Map<String, serde_json::Value> = expected
             .keys()
             .map(|n| {
-                let file = if first.contains_key(n) { "a.safetensors" } else { "b.safetensors" };
+                let file = if first.contains_key(n) {
+                    "a.safetensors"
+                } else {
+                    "b.safetensors"
+                };
                 (n.clone(), file.into())
             })
             .collect();
@@ -592,7 +625,11 @@ mod tests {
             ("blk.0.ffn_gate.weight", vec![12, 8]),
             ("blk.0.ffn_up.weight", vec![12, 8]),
         ];
-        for (i, (name, shape)) in shapes.iter().chain([("blk.0.ffn_down.weight", vec![8, 12])].iter()).enumerate() {
+        for (i, (name, shape)) in shapes
+            .iter()
+            .chain([("blk.0.ffn_down.weight", vec![8, 12])].iter())
+            .enumerate()
+        {
             let v = values(shape.iter().product(), i);
             originals.insert(name.to_string(), v.clone());
             let stored = match *name {
@@ -606,7 +643,11 @@ mod tests {
         write_gguf(&path, &llama_meta(), &tensors);
         let model = Model::load(&path, tch::Device::Cpu, Kind::Float).unwrap();
         assert!(model.config().tie_word_embeddings);
-        for (proj, name) in [(Proj::Q, "blk.0.attn_q.weight"), (Proj::K, "blk.0.attn_k.weight"), (Proj::V, "blk.0.attn_v.weight")] {
+        for (proj, name) in [
+            (Proj::Q, "blk.0.attn_q.weight"),
+            (Proj::K, "blk.0.attn_k.weight"),
+            (Proj::V, "blk.0.attn_v.weight"),
+        ] {
             let got = Vec::<f32>::try_from(model.projection_weight(0, proj).reshape([-1])).unwrap();
             assert_eq!(got, originals[name], "{name}");
         }
@@ -616,7 +657,10 @@ mod tests {
         quant[5] = ("blk.0.attn_k.weight".into(), vec![256, 4], 12, vec![0u8; 4 * 144]);
         write_gguf(&path, &llama_meta(), &quant);
         let err = load_err(&path);
-        assert!(err.contains("m.gguf") && err.contains("blk.0.attn_k.weight") && err.contains("Q4_K"), "{err}");
+        assert!(
+            err.contains("m.gguf") && err.contains("blk.0.attn_k.weight") && err.contains("Q4_K"),
+            "{err}"
+        );
 
         // Shape mismatch and unknown tensors.
         let mut wrong = tensors.clone();
@@ -624,7 +668,10 @@ mod tests {
         wrong[5].3 = vec![0u8; 256];
         write_gguf(&path, &llama_meta(), &wrong);
         let err = load_err(&path);
-        assert!(err.contains("blk.0.attn_k.weight") && err.contains("[4, 8]") && err.contains("[8, 8]"), "{err}");
+        assert!(
+            err.contains("blk.0.attn_k.weight") && err.contains("[4, 8]") && err.contains("[8, 8]"),
+            "{err}"
+        );
         let mut extra = tensors.clone();
         extra.push(("blk.0.attn_sinks.weight".into(), vec![2], 0, vec![0u8; 8]));
         write_gguf(&path, &llama_meta(), &extra);
@@ -634,7 +681,10 @@ mod tests {
         missing.remove(1);
         write_gguf(&path, &llama_meta(), &missing);
         let err = load_err(&path);
-        assert!(err.contains("output_norm.weight") && err.contains("missing"), "{err}");
+        assert!(
+            err.contains("output_norm.weight") && err.contains("missing"),
+            "{err}"
+        );
 
         // An architecture other than llama/qwen2.
         let mut meta = llama_meta();

@@ -388,19 +388,15 @@ impl Model {
             None => {
                 Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, true, None, nkv != nh)
             }
-            Some(mask) if t <= 8 => {
+            Some(_) if t <= 8 => {
                 // Decoding: a few query rows against a long cache. Grouped-query attention as two
                 // batched matmuls over [B, kv_heads, group * T, ...], no key copies, few launches.
                 let group = nh / nkv;
                 let qg = q.reshape([b, nkv, group * t, hd]);
-                let mask = if group > 1 {
-                    mask.repeat([1, 1, group, 1])
-                } else {
-                    mask.shallow_clone()
-                };
+                let blocked = ctx.blocked_for_groups(group);
                 let scores = qg.matmul(&k.transpose(-2, -1)) * (1.0 / (hd as f64).sqrt());
                 let probs = scores
-                    .masked_fill(&mask.logical_not(), f64::NEG_INFINITY)
+                    .masked_fill(&blocked, f64::NEG_INFINITY)
                     .softmax(-1, Kind::Float)
                     .to_kind(q.kind());
                 probs.matmul(&v).reshape([b, nh, t, hd])
