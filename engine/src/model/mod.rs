@@ -483,7 +483,7 @@ impl AttentionContext {
                 .mask
                 .as_ref()
                 .map(Tensor::logical_not)
-                .unwrap_or_else(Tensor::new);
+                .unwrap_or_default();
             let blocked = if group > 1 {
                 mask.repeat([1, 1, group, 1])
             } else {
