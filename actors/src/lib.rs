@@ -4,6 +4,7 @@
 //! parameters and the content hashes of its inputs. Every random draw of a task is seeded from
 //! (experiment seed, task id), so a rerun draws the same numbers on any machine.
 
+pub mod activations;
 pub mod coupling;
 pub mod data;
 pub mod spec;

@@ -1,0 +1,130 @@
+//! Writing persona-vector activations in the format the analysis reads
+//! (`docs/activations-format.md`): one safetensors file per checkpoint and method, a tensor
+//! `layer_<L>` of f32 [personas x questions x hidden] per captured layer, a `question_mask` u8
+//! [personas x questions] (0 = empty Method B response), and metadata naming the checkpoint,
+//! method, persona order, layers and model.
+
+use safetensors::tensor::{Dtype, TensorView};
+use std::collections::HashMap;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActivationsError {
+    #[error("layer {layer}: expected {expected} values ({personas} personas x {questions} questions x {hidden} dims), found {found}")]
+    Size {
+        layer: usize,
+        personas: usize,
+        questions: usize,
+        hidden: usize,
+        expected: usize,
+        found: usize,
+    },
+    #[error("cannot encode activations: {0}")]
+    Encode(String),
+}
+
+/// The activations of one checkpoint and method.
+pub struct Activations<'a> {
+    pub checkpoint: &'a str,
+    pub method: &'a str,
+    pub model: &'a str,
+    pub personas: &'a [String],
+    pub questions: usize,
+    pub hidden: usize,
+    /// (layer, values in [persona][question][dim] order)
+    pub layers: Vec<(usize, Vec<f32>)>,
+    /// [persona][question], 1 = valid
+    pub mask: Vec<u8>,
+}
+
+impl Activations<'_> {
+    /// The safetensors bytes of this checkpoint/method.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, ActivationsError> {
+        let p = self.personas.len();
+        let expected = p * self.questions * self.hidden;
+        let mut raw: Vec<(String, Vec<u8>, Vec<usize>, Dtype)> = Vec::new();
+        for (layer, values) in &self.layers {
+            if values.len() != expected {
+                return Err(ActivationsError::Size {
+                    layer: *layer,
+                    personas: p,
+                    questions: self.questions,
+                    hidden: self.hidden,
+                    expected,
+                    found: values.len(),
+                });
+            }
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            raw.push((
+                format!("layer_{layer}"),
+                bytes,
+                vec![p, self.questions, self.hidden],
+                Dtype::F32,
+            ));
+        }
+        raw.push((
+            "question_mask".into(),
+            self.mask.clone(),
+            vec![p, self.questions],
+            Dtype::U8,
+        ));
+        let views: Vec<(String, TensorView<'_>)> = raw
+            .iter()
+            .map(|(name, bytes, shape, dtype)| {
+                TensorView::new(*dtype, shape.clone(), bytes)
+                    .map(|v| (name.clone(), v))
+                    .map_err(|e| ActivationsError::Encode(e.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
+        let layers: Vec<usize> = self.layers.iter().map(|(l, _)| *l).collect();
+        let metadata: HashMap<String, String> = HashMap::from([
+            ("checkpoint".to_string(), self.checkpoint.to_string()),
+            ("method".to_string(), self.method.to_string()),
+            ("model".to_string(), self.model.to_string()),
+            (
+                "personas".to_string(),
+                serde_json::to_string(self.personas).unwrap_or_default(),
+            ),
+            (
+                "layers".to_string(),
+                serde_json::to_string(&layers).unwrap_or_default(),
+            ),
+            ("questions".to_string(), self.questions.to_string()),
+        ]);
+        safetensors::serialize(views, Some(metadata)).map_err(|e| ActivationsError::Encode(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_safetensors_with_metadata() {
+        let personas = vec!["a".to_string(), "b".to_string()];
+        let acts = Activations {
+            checkpoint: "base",
+            method: "A",
+            model: "demo",
+            personas: &personas,
+            questions: 3,
+            hidden: 2,
+            layers: vec![(7, (0..12).map(|x| x as f32).collect())],
+            mask: vec![1, 1, 0, 1, 1, 1],
+        };
+        let bytes = acts.to_bytes().unwrap();
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let meta = meta.metadata().clone().unwrap();
+        assert_eq!(meta["personas"], r#"["a","b"]"#);
+        assert_eq!(meta["layers"], "[7]");
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let l7 = st.tensor("layer_7").unwrap();
+        assert_eq!(l7.shape(), &[2, 3, 2]);
+        assert_eq!(st.tensor("question_mask").unwrap().data(), &[1, 1, 0, 1, 1, 1]);
+        let bad = Activations {
+            layers: vec![(7, vec![0.0; 5])],
+            ..acts
+        };
+        let err = bad.to_bytes().unwrap_err().to_string();
+        assert!(err.contains("layer 7") && err.contains("found 5"), "{err}");
+    }
+}
