@@ -479,11 +479,7 @@ pub struct AttentionContext {
 impl AttentionContext {
     fn blocked_for_groups(&self, group: i64) -> Tensor {
         let (g, t) = self.blocked.get_or_init(|| {
-            let mask = self
-                .mask
-                .as_ref()
-                .map(Tensor::logical_not)
-                .unwrap_or_default();
+            let mask = self.mask.as_ref().map(Tensor::logical_not).unwrap_or_default();
             let blocked = if group > 1 {
                 mask.repeat([1, 1, group, 1])
             } else {
