@@ -5,8 +5,15 @@
 //! finish, they leave the batch and queued prompts are prefilled and merged into the running
 //! cache (rows are left-padded to a common cache length; positions come from each row's mask, so
 //! padding never shifts a real token). Columns that are padding in every row are trimmed.
+//!
+//! Randomness: every sequence (prompt, sample) draws from its own ChaCha stream derived from the
+//! seed, and a token is chosen by inverse-CDF with that stream's uniform number. A sequence's
+//! samples therefore do not depend on the batch size, on which rows share its batch, or on any
+//! other use of libtorch's global generator.
 
 use crate::model::{Adapter, ForwardOptions, KvCache, Logits, Model};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use std::collections::VecDeque;
 use tch::{Device, Kind, Tensor};
 
@@ -59,6 +66,7 @@ pub struct Generation {
 struct Row {
     prompt: usize,
     sample: usize,
+    rng: ChaCha8Rng,
     tokens: Vec<i64>,
     /// The row's pending input token has not been recorded yet.
     fresh: bool,
@@ -103,7 +111,6 @@ pub fn generate_with_progress(
 ) -> Vec<Vec<Generation>> {
     let _guard = tch::no_grad_guard();
     let device = model.device();
-    tch::manual_seed(params.seed as i64);
     let mut results: Vec<Vec<Option<Generation>>> = prompts.iter().map(|_| vec![None; params.n]).collect();
     // Longest prompts first: they set the cache length, and short ones refill around them.
     let mut order: Vec<usize> = (0..prompts.len()).collect();
@@ -183,7 +190,8 @@ pub fn generate_with_progress(
         let rows = batch.mask.size()[0];
         batch.mask = Tensor::cat(&[&batch.mask, &Tensor::ones([rows, 1], (Kind::Int64, device))], 1);
         let out = model.forward(&batch.pending, &batch.mask, Some(&mut batch.cache), &opts);
-        batch.pending = sample(&out.logits.expect("logits requested").squeeze_dim(1), params).unsqueeze(1);
+        let logits = out.logits.expect("logits requested").squeeze_dim(1);
+        batch.pending = sample(&logits, params, &mut batch.rows).unsqueeze(1);
         batch.rows.iter_mut().for_each(|r| r.fresh = true);
     }
     results
@@ -224,6 +232,7 @@ fn refill(
         new_rows.push(Row {
             prompt: p,
             sample: s,
+            rng: sequence_rng(params.seed, p, s),
             tokens: Vec::new(),
             fresh: true,
         });
@@ -232,7 +241,11 @@ fn refill(
     let (ids, new_mask) = left_pad(&seqs, model.device());
     let mut new_cache = KvCache::with_reserve(params.max_new_tokens as i64 + 1);
     let out = model.forward(&ids, &new_mask, Some(&mut new_cache), opts);
-    let first = sample(&out.logits.expect("logits requested").squeeze_dim(1), params);
+    let first = sample(
+        &out.logits.expect("logits requested").squeeze_dim(1),
+        params,
+        &mut new_rows,
+    );
     merge(&mut batch.cache, &mut batch.mask, new_cache, &new_mask);
     batch.pending = Tensor::cat(&[&batch.pending, &first.unsqueeze(1)], 0);
     batch.rows.extend(new_rows);
@@ -331,22 +344,44 @@ fn trim_padding(cache: &mut KvCache, mask: &mut Tensor) {
     }
 }
 
-/// Next token per row from last-position logits [B, V].
-fn sample(logits: &Tensor, params: &SamplingParams) -> Tensor {
+/// The random stream of sample `sample` of prompt `prompt`.
+fn sequence_rng(seed: u64, prompt: usize, sample: usize) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(((prompt as u64) << 32) | sample as u64);
+    rng
+}
+
+/// Next token per row from last-position logits [B, V]: argmax when greedy, else inverse-CDF
+/// sampling with one uniform number per row from the row's own stream (one small upload, no
+/// device generator).
+fn sample(logits: &Tensor, params: &SamplingParams, rows: &mut [Row]) -> Tensor {
     if params.temperature <= 0.0 {
         return logits.argmax(-1, false);
     }
+    let vocab = logits.size()[1];
     let scaled = logits.to_kind(Kind::Float) / params.temperature;
-    let probs = if params.top_p < 1.0 {
-        let (sorted, idx) = scaled.sort(-1, true);
+    let (probs, order) = if params.top_p < 1.0 {
+        let (sorted, order) = scaled.sort(-1, true);
         let p = sorted.softmax(-1, Kind::Float);
-        let cum = p.cumsum(-1, Kind::Float);
         // Keep the smallest prefix whose mass reaches top_p (the first token always stays).
-        let drop = (cum - &p).gt(params.top_p);
-        let p = p.masked_fill(&drop, 0.0);
-        Tensor::zeros_like(&p).scatter(-1, &idx, &p)
+        let drop = (p.cumsum(-1, Kind::Float) - &p).gt(params.top_p);
+        (p.masked_fill(&drop, 0.0), Some(order))
     } else {
-        scaled.softmax(-1, Kind::Float)
+        (scaled.softmax(-1, Kind::Float), None)
     };
-    probs.multinomial(1, false).squeeze_dim(-1)
+    let cdf = probs.cumsum(-1, Kind::Float);
+    let uniforms: Vec<f32> = rows.iter_mut().map(|r| r.rng.gen::<f32>()).collect();
+    let targets = Tensor::from_slice(&uniforms)
+        .to_device(logits.device())
+        .unsqueeze(1)
+        * cdf.narrow(1, vocab - 1, 1);
+    // The first index whose cumulative mass exceeds the target; zero-probability tokens never
+    // win because their cdf step is empty.
+    let chosen = targets
+        .searchsorted(&cdf, false, true, "right", None::<Tensor>)
+        .clamp_max(vocab - 1);
+    match order {
+        Some(order) => order.gather(1, &chosen, false).squeeze_dim(1),
+        None => chosen.squeeze_dim(1),
+    }
 }
