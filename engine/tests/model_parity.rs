@@ -1,11 +1,14 @@
 //! The model against Python transformers (fixtures from scripts/fixtures/make_model_fixtures.py):
-//! hidden states at every decoder layer's output within 1e-4 of the vector's norm, greedy
-//! continuations identical for 32 tokens, and a padded batch equal to one prompt at a time.
+//! hidden states at every decoder layer's output (last token and a few other positions) within
+//! 1e-4 of the vector's norm, alone and in a padded batch; greedy continuations identical for 32
+//! tokens, alone and in a batch; and a padded batch equal to one prompt at a time.
 //! Both the tiny random Qwen2 (HF folder, q/k/v bias) and SmolLM2 (the demo GGUF, Q4_1).
 
+use pspace_engine::extract::last_token_states;
 use pspace_engine::generate::{generate, SamplingParams};
 use pspace_engine::model::{ForwardOptions, Logits, Model};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
 
@@ -18,6 +21,14 @@ fn fixtures() -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// The hidden-state expectations, by name (`<model>.<case>.last|positions`).
+fn expected_states() -> BTreeMap<String, Tensor> {
+    Tensor::read_safetensors(root().join("engine/tests/fixtures/model_parity.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
 fn ids(v: &Value) -> Vec<i64> {
     v.as_array()
         .unwrap()
@@ -26,11 +37,23 @@ fn ids(v: &Value) -> Vec<i64> {
         .collect()
 }
 
-fn check_model(model: &Model, cases: &Value) {
+/// Largest error of any row of `got` against `want` ([.., H]), relative to the row's norm.
+fn worst_relative_error(got: &Tensor, want: &Tensor) -> f64 {
+    let h = *want.size().last().unwrap();
+    let (got, want) = (got.reshape([-1, h]), want.reshape([-1, h]));
+    let err = (&got - &want).norm_scalaropt_dim(2, [1], false);
+    (err / want.norm_scalaropt_dim(2, [1], false))
+        .max()
+        .double_value(&[])
+}
+
+fn check_model(model: &Model, name: &str, cases: &Value) {
+    let expected = expected_states();
     let layers: Vec<usize> = (0..model.num_layers()).collect();
-    for case in cases.as_array().unwrap() {
-        let prompt = ids(&case["prompt_ids"]);
-        let input = Tensor::from_slice(&prompt).view([1, -1]);
+    let cases = cases.as_array().unwrap();
+    let prompts: Vec<Vec<i64>> = cases.iter().map(|c| ids(&c["prompt_ids"])).collect();
+    for (c, (case, prompt)) in cases.iter().zip(&prompts).enumerate() {
+        let input = Tensor::from_slice(prompt).view([1, -1]);
         let mask = Tensor::ones([1, prompt.len() as i64], (Kind::Int64, Device::Cpu));
         let out = tch::no_grad(|| {
             model.forward(
@@ -44,45 +67,56 @@ fn check_model(model: &Model, cases: &Value) {
                 },
             )
         });
-        for (layer, want) in case["hidden_last"].as_object().unwrap() {
-            let want: Vec<f32> = want
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect();
-            let got = out.hidden[&layer.parse::<usize>().unwrap()].get(0).get(-1);
-            let got: Vec<f32> = Vec::<f32>::try_from(&got).unwrap();
-            let norm = want.iter().map(|x| x * x).sum::<f32>().sqrt();
-            let err = want
-                .iter()
-                .zip(&got)
-                .map(|(a, b)| (a - b) * (a - b))
-                .sum::<f32>()
-                .sqrt();
-            assert!(
-                err / norm < 1e-4,
-                "layer {layer}, prompt of {} tokens: relative error {}",
-                prompt.len(),
-                err / norm
-            );
-        }
-        let greedy = generate(
-            model,
-            std::slice::from_ref(&prompt),
-            &SamplingParams {
-                max_new_tokens: 32,
-                temperature: 0.0,
-                stop_ids: vec![],
-                ..Default::default()
-            },
-            None,
+        // [L, T, H]: every layer's output at every position of this prompt.
+        let states = Tensor::stack(
+            &layers.iter().map(|l| out.hidden[l].get(0)).collect::<Vec<_>>(),
+            0,
+        );
+        let last = states.select(1, -1);
+        let err = worst_relative_error(&last, &expected[&format!("{name}.{c}.last")]);
+        assert!(
+            err < 1e-4,
+            "{name} prompt {c} ({} tokens), last token: relative error {err}",
+            prompt.len()
+        );
+        let positions = Tensor::from_slice(&ids(&case["positions"]));
+        let err = worst_relative_error(
+            &states.index_select(1, &positions),
+            &expected[&format!("{name}.{c}.positions")],
+        );
+        assert!(
+            err < 1e-4,
+            "{name} prompt {c}, positions {}: relative error {err}",
+            case["positions"]
+        );
+    }
+    // The same prompts in one right-padded batch (Method A) against transformers.
+    let batched = last_token_states(model, &prompts, &layers, 1 << 20).unwrap();
+    for c in 0..prompts.len() {
+        let got = Tensor::stack(&batched.iter().map(|t| t.get(c as i64)).collect::<Vec<_>>(), 0);
+        let err = worst_relative_error(&got, &expected[&format!("{name}.{c}.last")]);
+        assert!(err < 1e-4, "{name} prompt {c} in a batch: relative error {err}");
+    }
+    // Greedy continuations, one prompt at a time and all in one left-padded batch.
+    let params = SamplingParams {
+        max_new_tokens: 32,
+        temperature: 0.0,
+        stop_ids: vec![],
+        ..Default::default()
+    };
+    let together = generate(model, &prompts, &params, None);
+    for (c, (case, prompt)) in cases.iter().zip(&prompts).enumerate() {
+        let alone = generate(model, std::slice::from_ref(prompt), &params, None);
+        let want = ids(&case["greedy_ids"]);
+        assert_eq!(
+            alone[0][0].tokens,
+            want,
+            "{name}: greedy continuation of prompt {c} ({} tokens)",
+            prompt.len()
         );
         assert_eq!(
-            greedy[0][0].tokens,
-            ids(&case["greedy_ids"]),
-            "greedy continuation of a {}-token prompt",
-            prompt.len()
+            together[c][0].tokens, want,
+            "{name}: greedy continuation of prompt {c} in a batch"
         );
     }
 }
@@ -95,7 +129,7 @@ fn tiny_qwen2_matches_transformers() {
         Kind::Float,
     )
     .unwrap();
-    check_model(&model, &fixtures()["tiny_qwen2"]);
+    check_model(&model, "tiny_qwen2", &fixtures()["tiny_qwen2"]);
 }
 
 #[test]
@@ -103,7 +137,7 @@ fn smollm2_gguf_matches_transformers() {
     let path = root().join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf");
     let model = Model::load(&path, Device::Cpu, Kind::Float).unwrap();
     assert_eq!(model.num_layers(), 30);
-    check_model(&model, &fixtures()["smollm2"]);
+    check_model(&model, "smollm2", &fixtures()["smollm2"]);
 }
 
 #[test]
