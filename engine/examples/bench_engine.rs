@@ -3,7 +3,9 @@
 //! with `--tiny`). Prints one JSON line. The workloads mirror `hf_baseline.py` so the two can be
 //! compared side by side on one GPU (`bench/gpu.sh`).
 //!
-//! Usage: bench_engine [--device cuda|cpu] [--tiny] [--gen-batches 64,256] [--new-tokens 256]
+//! Usage: bench_engine [--device cuda|cpu] [--tiny | --model PATH] [--gen-batches 64,256]
+//!        [--new-tokens 256]
+//! `--model` loads a real model (e.g. the demo GGUF) and uses the small workloads of `--tiny`.
 
 use pspace_engine::generate::{generate, SamplingParams};
 use pspace_engine::model::{ForwardOptions, Logits, Model, ModelConfig};
@@ -26,23 +28,29 @@ fn main() {
         .expect("--device cpu|cuda");
     let tdev = device.activate().expect("device");
     let kind = device.compute_kind();
-    let cfg = if tiny {
-        ModelConfig::tiny_qwen2()
-    } else {
-        ModelConfig::qwen2_5_7b()
-    };
+    let model_path = arg("--model").map(std::path::PathBuf::from);
     let sync = || {
         if let tch::Device::Cuda(i) = tdev {
             tch::Cuda::synchronize(i as i64);
         }
     };
     let t0 = Instant::now();
-    let model = Model::random(&cfg, tdev, kind, 0);
+    let model = match &model_path {
+        Some(path) => Model::load(path, tdev, kind).expect("--model: a loadable HF folder or GGUF file"),
+        None if tiny => Model::random(&ModelConfig::tiny_qwen2(), tdev, kind, 0),
+        None => Model::random(&ModelConfig::qwen2_5_7b(), tdev, kind, 0),
+    };
+    let cfg = model.config().clone();
+    let tiny = tiny || model_path.is_some();
     sync();
     let mut res = serde_json::json!({
         "device": device.to_string(),
         "gpu": pspace_engine::device::cuda_devices().first().map(|g| g.name.clone()),
-        "model": if tiny { "tiny-qwen2" } else { "qwen2.5-7b-shaped" },
+        "model": match &model_path {
+            Some(path) => path.display().to_string(),
+            None if tiny => "tiny-qwen2".to_string(),
+            None => "qwen2.5-7b-shaped".to_string(),
+        },
         "init_s": (t0.elapsed().as_secs_f64() * 10.0).round() / 10.0,
     });
     eprintln!("{res}");
