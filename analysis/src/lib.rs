@@ -5,6 +5,7 @@
 
 pub mod behavior;
 pub mod families;
+pub mod geometry;
 pub mod input;
 pub mod pipeline;
 pub mod report;
