@@ -406,3 +406,48 @@ fn sampling_is_seeded_and_gives_n_samples_per_prompt() {
     let greedy_out = generate(&model, &prompts, &greedy(10, vec![]), None);
     assert_eq!(generate(&model, &prompts, &nucleus, None), greedy_out);
 }
+
+#[test]
+fn a_refilled_batch_gives_every_prompt_its_own_greedy_continuation() {
+    // Forty prompts of varied length through 16 rows; a common stop id ends rows at different
+    // steps, so rows leave and queued prompts join the running cache many times.
+    let model = tiny();
+    let prompts: Vec<Vec<i64>> = (0..40)
+        .map(|i| {
+            (0..(1 + (i * 7) % 23))
+                .map(|j| 3 + (i * 31 + j * 17) % 1000)
+                .collect()
+        })
+        .collect();
+    let solo = greedy(12, vec![]);
+    let alone: Vec<Vec<i64>> = prompts
+        .iter()
+        .map(|p| {
+            generate(&model, std::slice::from_ref(p), &solo, None)[0][0]
+                .tokens
+                .clone()
+        })
+        .collect();
+    // The most common token among the continuations is the stop id.
+    let mut counts = std::collections::BTreeMap::new();
+    alone
+        .iter()
+        .flatten()
+        .for_each(|&t| *counts.entry(t).or_insert(0) += 1);
+    let stop = *counts.iter().max_by_key(|(_, &c)| c).unwrap().0;
+    let params = SamplingParams {
+        max_batch: 16,
+        ..greedy(12, vec![stop])
+    };
+    let together = generate(&model, &prompts, &params, None);
+    let mut stopped = 0;
+    for (i, want) in alone.iter().enumerate() {
+        let cut: Vec<i64> = want.iter().copied().take_while(|&t| t != stop).collect();
+        stopped += usize::from(cut.len() < want.len());
+        assert_eq!(together[i][0].tokens, cut, "prompt {i}");
+    }
+    assert!(
+        stopped >= 5,
+        "only {stopped} rows stopped early: the test does not exercise refills"
+    );
+}
