@@ -73,6 +73,30 @@ impl ModelConfig {
         };
         let hidden_size = int("hidden_size")?;
         let heads = int("num_attention_heads")?;
+        // Rotary variants (llama3, yarn, dynamic, ...) change the frequencies; computing plain
+        // RoPE for them would give silently wrong states, so they are refused.
+        for (key, scaling) in [
+            ("rope_scaling", &v["rope_scaling"]),
+            ("rope_parameters", &v["rope_parameters"]),
+        ] {
+            let kind = scaling["rope_type"].as_str().or_else(|| scaling["type"].as_str());
+            if !scaling.is_null() && kind.is_some_and(|k| k != "default") {
+                return Err(LoadError::Config {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "key {key:?}: rope type {kind:?} is not supported: expected plain RoPE (\"default\")"
+                    ),
+                });
+            }
+        }
+        if v["use_sliding_window"].as_bool() == Some(true) {
+            return Err(LoadError::Config {
+                path: path.to_path_buf(),
+                message:
+                    "key \"use_sliding_window\": sliding-window attention is not supported: expected false"
+                        .into(),
+            });
+        }
         let first_id = |key: &str| match &v[key] {
             serde_json::Value::Number(n) => n.as_i64(),
             serde_json::Value::Array(a) => a.first().and_then(|x| x.as_i64()),
@@ -129,6 +153,15 @@ impl ModelConfig {
         };
         let hidden_size = int("embedding_length")?;
         let heads = int("attention.head_count")?;
+        if let Some(scaling) = g.get_str(&key("rope.scaling.type")).filter(|t| *t != "none") {
+            return Err(LoadError::Config {
+                path: g.path().to_path_buf(),
+                message: format!(
+                    "metadata key {:?}: rope scaling {scaling:?} is not supported: expected none",
+                    key("rope.scaling.type")
+                ),
+            });
+        }
         let vocab_size = match g.get_u64(&key("vocab_size")) {
             Some(v) => v as usize,
             None => g
@@ -194,5 +227,52 @@ impl ModelConfig {
             rope_theta: 10_000.0,
             ..ModelConfig::qwen2_5_7b()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, extra: serde_json::Value) -> std::path::PathBuf {
+        let mut cfg = serde_json::json!({
+            "model_type": "qwen2", "vocab_size": 1024, "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": false,
+            "eos_token_id": 151645, "rope_scaling": null, "use_sliding_window": false
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            cfg[k] = v.clone();
+        }
+        let path = dir.join("config.json");
+        std::fs::write(&path, cfg.to_string()).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_qwen2_config_reads_and_unsupported_variants_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ModelConfig::from_hf_json(&write(dir.path(), serde_json::json!({}))).unwrap();
+        assert_eq!(
+            cfg,
+            ModelConfig {
+                rope_theta: 1e6,
+                bos_token_id: None,
+                ..ModelConfig::tiny_qwen2()
+            }
+        );
+        assert!(cfg.attention_bias);
+        let path = write(
+            dir.path(),
+            serde_json::json!({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}),
+        );
+        let err = ModelConfig::from_hf_json(&path).unwrap_err().to_string();
+        assert!(err.contains("config.json") && err.contains("llama3"), "{err}");
+        let path = write(dir.path(), serde_json::json!({"use_sliding_window": true}));
+        let err = ModelConfig::from_hf_json(&path).unwrap_err().to_string();
+        assert!(err.contains("use_sliding_window"), "{err}");
+        let path = write(dir.path(), serde_json::json!({"hidden_size": "big"}));
+        let err = ModelConfig::from_hf_json(&path).unwrap_err().to_string();
+        assert!(err.contains("hidden_size") && err.contains("\"big\""), "{err}");
     }
 }
