@@ -5,4 +5,6 @@
 
 pub mod activations;
 pub mod lda;
+pub mod m3;
 pub mod paired;
+pub mod pca;

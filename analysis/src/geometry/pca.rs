@@ -1,0 +1,253 @@
+//! A label-free principal-component basis of the pooled vectors of one method and layer (all
+//! checkpoints together), by randomized subspace iteration (Halko, Martinsson & Tropp 2011).
+//!
+//! M3 fits its LDA in this basis: 12 classes need at most 11 discriminant directions, and
+//! thousands of refits under the permutation null are only affordable in a few dozen
+//! dimensions. The basis never sees a persona label, so the joint-shuffle null stays valid;
+//! it does see every row (including each fold's test rows), which is transductive but
+//! label-free. Computing it once for all checkpoints gives them one coordinate system.
+
+use ndarray::linalg::general_mat_mul;
+use ndarray::{s, Array1, Array2, ArrayView2, Axis};
+use rand::Rng;
+
+/// One block of rows (a checkpoint's vectors) with the rows that take part.
+pub struct RowBlock<'a> {
+    pub rows: ArrayView2<'a, f32>,
+    pub keep: &'a [bool],
+}
+
+/// The basis: the pooled mean and `components` orthonormal directions (hidden x components).
+pub struct Basis {
+    pub mean: Array1<f32>,
+    pub directions: Array2<f32>,
+}
+
+impl Basis {
+    /// Coordinates of the kept rows of `block` in the basis (other rows are zero).
+    pub fn project(&self, block: &RowBlock) -> Array2<f32> {
+        let mut out = block.rows.dot(&self.directions);
+        let shift = self.mean.dot(&self.directions);
+        for (mut row, &keep) in out.axis_iter_mut(Axis(0)).zip(block.keep) {
+            if keep {
+                row -= &shift;
+            } else {
+                row.fill(0.0);
+            }
+        }
+        out
+    }
+}
+
+fn orthonormalize_columns(m: &mut Array2<f32>) {
+    let columns = m.ncols();
+    for j in 0..columns {
+        for i in 0..j {
+            let dot: f64 = m
+                .column(i)
+                .iter()
+                .zip(m.column(j).iter())
+                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                .sum();
+            let projection = m.column(i).to_owned() * dot as f32;
+            let mut cj = m.column_mut(j);
+            cj -= &projection;
+        }
+        let norm: f64 = m
+            .column(j)
+            .iter()
+            .map(|v| f64::from(*v).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let scale = if norm > 0.0 { (1.0 / norm) as f32 } else { 0.0 };
+        m.column_mut(j).mapv_inplace(|v| v * scale);
+    }
+}
+
+/// Centred product: sum over blocks of (X - mean) * right, rows not kept set to zero.
+fn centred_times(blocks: &[RowBlock], mean: &Array1<f32>, right: &Array2<f32>) -> Vec<Array2<f32>> {
+    let shift = mean.dot(right);
+    blocks
+        .iter()
+        .map(|b| {
+            let mut y = b.rows.dot(right);
+            for (mut row, &keep) in y.axis_iter_mut(Axis(0)).zip(b.keep) {
+                if keep {
+                    row -= &shift;
+                } else {
+                    row.fill(0.0);
+                }
+            }
+            y
+        })
+        .collect()
+}
+
+/// (X - mean)^T * left summed over blocks, `left` with zero rows where rows are not kept.
+fn centred_transpose_times(blocks: &[RowBlock], mean: &Array1<f32>, left: &[Array2<f32>]) -> Array2<f32> {
+    let hidden = mean.len();
+    let width = left[0].ncols();
+    let mut out = Array2::<f32>::zeros((hidden, width));
+    let mut column_sums = Array1::<f32>::zeros(width);
+    for (b, l) in blocks.iter().zip(left) {
+        general_mat_mul(1.0, &b.rows.t(), l, 1.0, &mut out);
+        column_sums += &l.sum_axis(Axis(0));
+    }
+    for (mut row, m) in out.axis_iter_mut(Axis(0)).zip(mean.iter()) {
+        row.scaled_add(-*m, &column_sums);
+    }
+    out
+}
+
+fn stack_orthonormalize(parts: &mut [Array2<f32>]) {
+    let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+    let mut all = ndarray::concatenate(Axis(0), &views).unwrap_or_else(|_| Array2::zeros((0, 0)));
+    orthonormalize_columns(&mut all);
+    let mut start = 0;
+    for p in parts.iter_mut() {
+        let n = p.nrows();
+        p.assign(&all.slice(s![start..start + n, ..]));
+        start += n;
+    }
+}
+
+/// Symmetric eigen-decomposition by cyclic Jacobi rotations (small matrices only); eigenvalues
+/// descending, eigenvectors as columns.
+fn symmetric_eigen(mut a: Array2<f64>) -> (Vec<f64>, Array2<f64>) {
+    let n = a.nrows();
+    let mut v = Array2::<f64>::eye(n);
+    for _sweep in 0..100 {
+        let off: f64 = (0..n)
+            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| a[[i, j]].powi(2))
+            .sum();
+        let scale: f64 = (0..n)
+            .map(|i| a[[i, i]].powi(2))
+            .sum::<f64>()
+            .max(f64::MIN_POSITIVE);
+        if off <= 1e-24 * scale {
+            break;
+        }
+        for p in 0..n {
+            for q in p + 1..n {
+                if a[[p, q]].abs() < 1e-300 {
+                    continue;
+                }
+                let theta = (a[[q, q]] - a[[p, p]]) / (2.0 * a[[p, q]]);
+                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+                let t = if theta == 0.0 { 1.0 } else { t };
+                let c = 1.0 / (t * t + 1.0).sqrt();
+                let s = t * c;
+                for k in 0..n {
+                    let (akp, akq) = (a[[k, p]], a[[k, q]]);
+                    a[[k, p]] = c * akp - s * akq;
+                    a[[k, q]] = s * akp + c * akq;
+                }
+                for k in 0..n {
+                    let (apk, aqk) = (a[[p, k]], a[[q, k]]);
+                    a[[p, k]] = c * apk - s * aqk;
+                    a[[q, k]] = s * apk + c * aqk;
+                }
+                for k in 0..n {
+                    let (vkp, vkq) = (v[[k, p]], v[[k, q]]);
+                    v[[k, p]] = c * vkp - s * vkq;
+                    v[[k, q]] = s * vkp + c * vkq;
+                }
+            }
+        }
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&i, &j| a[[j, j]].total_cmp(&a[[i, i]]));
+    let values = order.iter().map(|&i| a[[i, i]]).collect();
+    let mut vectors = Array2::<f64>::zeros((n, n));
+    for (new, &old) in order.iter().enumerate() {
+        vectors.column_mut(new).assign(&v.column(old));
+    }
+    (values, vectors)
+}
+
+/// The top `components` principal directions of the kept rows of all blocks.
+pub fn principal_basis(
+    blocks: &[RowBlock],
+    components: usize,
+    power_iterations: usize,
+    rng: &mut impl Rng,
+) -> Basis {
+    let hidden = blocks[0].rows.ncols();
+    let mut sum = Array1::<f64>::zeros(hidden);
+    let mut count = 0usize;
+    for b in blocks {
+        for (row, &keep) in b.rows.axis_iter(Axis(0)).zip(b.keep) {
+            if keep {
+                count += 1;
+                sum.zip_mut_with(&row, |s, &x| *s += f64::from(x));
+            }
+        }
+    }
+    let mean = sum.mapv(|s| (s / count.max(1) as f64) as f32);
+    let width = (components + 8).min(hidden);
+    let omega = Array2::from_shape_fn((hidden, width), |_| if rng.gen::<bool>() { 1.0f32 } else { -1.0 });
+    let mut y = centred_times(blocks, &mean, &omega);
+    stack_orthonormalize(&mut y);
+    for _ in 0..power_iterations {
+        let mut z = centred_transpose_times(blocks, &mean, &y);
+        orthonormalize_columns(&mut z);
+        y = centred_times(blocks, &mean, &z);
+        stack_orthonormalize(&mut y);
+    }
+    // B^T = (X - mean)^T Y spans the top right singular vectors; rotate by the eigenvectors
+    // of B B^T to order them by variance.
+    let bt = centred_transpose_times(blocks, &mean, &y);
+    let gram = bt.t().mapv(f64::from).dot(&bt.mapv(f64::from));
+    let (_, vectors) = symmetric_eigen(gram);
+    let keep = components.min(width);
+    let rotation = vectors.slice(s![.., ..keep]).mapv(|v| v as f32);
+    let mut directions = bt.dot(&rotation);
+    orthonormalize_columns(&mut directions);
+    Basis { mean, directions }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::rng::seeded_rng;
+
+    #[test]
+    fn recovers_a_planted_low_rank_subspace() {
+        let mut rng = seeded_rng(3, "pca-test");
+        let (n, hidden) = (300, 64);
+        let planted = Array2::from_shape_fn((3, hidden), |(i, j)| if j == i * 7 { 1.0f32 } else { 0.0 });
+        let rows = Array2::from_shape_fn((n, hidden), |(r, j)| {
+            let a = ((r * 37 % 101) as f32 - 50.0) / 5.0;
+            let b = ((r * 53 % 97) as f32 - 48.0) / 8.0;
+            let c = ((r * 71 % 89) as f32 - 44.0) / 12.0;
+            a * planted[[0, j]]
+                + b * planted[[1, j]]
+                + c * planted[[2, j]]
+                + 0.001 * ((r + j) % 3) as f32
+                + 5.0
+        });
+        let keep = vec![true; n];
+        let basis = principal_basis(
+            &[RowBlock {
+                rows: rows.view(),
+                keep: &keep,
+            }],
+            3,
+            2,
+            &mut rng,
+        );
+        // Each planted direction lies in the recovered span.
+        for i in 0..3 {
+            let captured: f32 = (0..3).map(|c| basis.directions[[i * 7, c]].powi(2)).sum();
+            assert!(captured > 0.99, "direction {i}: {captured}");
+        }
+        let gram = basis.directions.t().dot(&basis.directions);
+        for i in 0..3 {
+            for j in 0..3 {
+                let expected = if i == j { 1.0 } else { 0.0 };
+                assert!((gram[[i, j]] - expected).abs() < 1e-4);
+            }
+        }
+    }
+}
