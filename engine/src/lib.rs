@@ -8,6 +8,9 @@ pub mod device;
 pub mod extract;
 pub mod generate;
 pub mod gguf;
+pub mod lora;
 pub mod model;
+pub mod peft;
+pub mod train;
 
 pub use device::{Device, DeviceError};

@@ -1,0 +1,375 @@
+//! LoRA adapters as PEFT defines them: for every targeted projection of every decoder layer a
+//! pair A [r, in], B [out, r] whose product, scaled by alpha/r (or alpha/sqrt(r) with rsLoRA),
+//! is added to the frozen base weight. A starts Kaiming-uniform (a = sqrt(5)), B at zero, so a
+//! fresh adapter leaves the model unchanged. Dropout acts on the adapter's input only.
+//!
+//! The trainable tensors are kept in f32 whatever the model computes in (they are the optimizer's
+//! master copy); the forward casts them to the activations' kind so that the frozen, half
+//! precision activations are never copied into f32.
+
+use crate::model::{Adapter, Model, Proj};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use tch::{Kind, Tensor};
+
+/// The shape of an adapter: which projections it targets and how its update is scaled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraConfig {
+    pub rank: i64,
+    pub alpha: f64,
+    pub dropout: f64,
+    pub targets: Vec<Proj>,
+    /// Scale alpha/sqrt(r) instead of alpha/r.
+    pub use_rslora: bool,
+}
+
+impl LoraConfig {
+    /// The factor applied to `x A^T B^T`.
+    pub fn scaling(&self) -> f64 {
+        if self.use_rslora {
+            self.alpha / (self.rank as f64).sqrt()
+        } else {
+            self.alpha / self.rank as f64
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoraError {
+    #[error("LoRA rank must be at least 1, found {found}")]
+    BadRank { found: i64 },
+    #[error("LoRA dropout must lie in [0, 1), found {found}")]
+    BadDropout { found: f64 },
+    #[error("LoRA targets no projection: expected at least one of q,k,v,o,gate,up,down")]
+    NoTargets,
+    #[error(
+        "layer {layer} {proj}: expected lora_A [{rank}, {inputs}] and lora_B [{outputs}, {rank}], found A {found_a:?} and B {found_b:?}"
+    )]
+    Shape {
+        layer: usize,
+        proj: &'static str,
+        rank: i64,
+        inputs: i64,
+        outputs: i64,
+        found_a: Vec<i64>,
+        found_b: Vec<i64>,
+    },
+    #[error("adapter names decoder layer {layer} but the model has {layers} layers")]
+    NoSuchLayer { layer: usize, layers: usize },
+}
+
+/// One adapted projection: delta W = scaling * B A.
+pub struct LoraPair {
+    /// [r, in]
+    pub a: Tensor,
+    /// [out, r]
+    pub b: Tensor,
+}
+
+pub struct Lora {
+    config: LoraConfig,
+    scaling: f64,
+    /// Per decoder layer, the adapted projections.
+    layers: Vec<BTreeMap<Proj, LoraPair>>,
+}
+
+// SAFETY: the tensors are reference-counted libtorch handles. During a forward pass they are only
+// read; the optimizer updates them in place between passes, never concurrently with one.
+unsafe impl Sync for Lora {}
+unsafe impl Send for Lora {}
+
+fn validate(config: &LoraConfig) -> Result<(), LoraError> {
+    if config.rank < 1 {
+        return Err(LoraError::BadRank { found: config.rank });
+    }
+    if !(0.0..1.0).contains(&config.dropout) {
+        return Err(LoraError::BadDropout {
+            found: config.dropout,
+        });
+    }
+    if config.targets.is_empty() {
+        return Err(LoraError::NoTargets);
+    }
+    Ok(())
+}
+
+impl Lora {
+    /// A fresh adapter for `model`: A ~ U(-1/sqrt(in), 1/sqrt(in)) (what
+    /// `kaiming_uniform_(a=sqrt(5))` draws for a [r, in] weight), B = 0. The draws come from
+    /// ChaCha8 seeded with `seed`, layer by layer and projection by projection in `Proj` order,
+    /// so an adapter's start does not depend on libtorch's global generator.
+    pub fn init(model: &Model, config: LoraConfig, seed: u64) -> Result<Lora, LoraError> {
+        validate(&config)?;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let device = model.device();
+        let mut targets = config.targets.clone();
+        targets.sort();
+        targets.dedup();
+        let layers = (0..model.num_layers())
+            .map(|layer| {
+                targets
+                    .iter()
+                    .map(|&proj| {
+                        let size = model.projection_weight(layer, proj).size();
+                        let (outputs, inputs) = (size[0], size[1]);
+                        let bound = 1.0 / (inputs as f64).sqrt();
+                        let values: Vec<f32> = (0..config.rank * inputs)
+                            .map(|_| rng.gen_range(-bound..bound) as f32)
+                            .collect();
+                        let a = Tensor::from_slice(&values)
+                            .view([config.rank, inputs])
+                            .to_device(device);
+                        let b = Tensor::zeros([outputs, config.rank], (Kind::Float, device));
+                        (proj, LoraPair { a, b })
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut config = config;
+        config.targets = targets;
+        Ok(Lora::assemble(config, layers))
+    }
+
+    /// An adapter from given tensors (loaded from a file), checked against the model's shapes.
+    pub fn from_pairs(
+        model: &Model,
+        config: LoraConfig,
+        pairs: BTreeMap<(usize, Proj), LoraPair>,
+    ) -> Result<Lora, LoraError> {
+        validate(&config)?;
+        let device = model.device();
+        let mut layers: Vec<BTreeMap<Proj, LoraPair>> =
+            (0..model.num_layers()).map(|_| BTreeMap::new()).collect();
+        for ((layer, proj), pair) in pairs {
+            if layer >= model.num_layers() {
+                return Err(LoraError::NoSuchLayer {
+                    layer,
+                    layers: model.num_layers(),
+                });
+            }
+            let size = model.projection_weight(layer, proj).size();
+            let (outputs, inputs) = (size[0], size[1]);
+            let (found_a, found_b) = (pair.a.size(), pair.b.size());
+            if found_a != [config.rank, inputs] || found_b != [outputs, config.rank] {
+                return Err(LoraError::Shape {
+                    layer,
+                    proj: proj.peft_name(),
+                    rank: config.rank,
+                    inputs,
+                    outputs,
+                    found_a,
+                    found_b,
+                });
+            }
+            let place = |t: &Tensor| t.to_kind(Kind::Float).to_device(device).detach();
+            layers[layer].insert(
+                proj,
+                LoraPair {
+                    a: place(&pair.a),
+                    b: place(&pair.b),
+                },
+            );
+        }
+        Ok(Lora::assemble(config, layers))
+    }
+
+    fn assemble(config: LoraConfig, layers: Vec<BTreeMap<Proj, LoraPair>>) -> Lora {
+        Lora {
+            scaling: config.scaling(),
+            config,
+            layers,
+        }
+    }
+
+    pub fn config(&self) -> &LoraConfig {
+        &self.config
+    }
+    pub fn scaling(&self) -> f64 {
+        self.scaling
+    }
+
+    /// Every adapted (layer, projection) with its pair, in layer then `Proj` order.
+    pub fn pairs(&self) -> impl Iterator<Item = (usize, Proj, &LoraPair)> {
+        self.layers
+            .iter()
+            .enumerate()
+            .flat_map(|(layer, m)| m.iter().map(move |(&p, pair)| (layer, p, pair)))
+    }
+
+    /// The trainable tensors, A then B of every pair in `pairs()` order.
+    pub fn parameters(&self) -> Vec<Tensor> {
+        self.pairs()
+            .flat_map(|(_, _, pair)| [pair.a.shallow_clone(), pair.b.shallow_clone()])
+            .collect()
+    }
+
+    /// Switches gradient tracking of every adapter tensor on or off.
+    pub fn set_trainable(&self, trainable: bool) {
+        for p in self.parameters() {
+            let _ = p.set_requires_grad(trainable);
+        }
+    }
+
+    /// How many scalars the adapter holds.
+    pub fn num_parameters(&self) -> i64 {
+        self.parameters()
+            .iter()
+            .map(Tensor::numel)
+            .map(|n| n as i64)
+            .sum()
+    }
+
+    /// scaling * B A, [out, in], in f32; None where the projection is not adapted.
+    pub fn delta_weight(&self, layer: usize, proj: Proj) -> Option<Tensor> {
+        let pair = self.layers.get(layer)?.get(&proj)?;
+        let _guard = tch::no_grad_guard();
+        Some(pair.b.matmul(&pair.a) * self.scaling)
+    }
+
+    /// The model with this adapter folded into its weights (what PEFT's `merge_and_unload`
+    /// gives); unadapted weights stay shared with `model`.
+    pub fn merged_into(&self, model: &Model) -> Model {
+        model.with_merged_deltas(|layer, proj| self.delta_weight(layer, proj))
+    }
+
+    /// A deep copy of the current values (detached), e.g. the last good state during training.
+    pub fn snapshot(&self) -> Vec<Tensor> {
+        let _guard = tch::no_grad_guard();
+        self.parameters().iter().map(|p| p.detach().copy()).collect()
+    }
+
+    /// Writes values taken by `snapshot` back in place.
+    pub fn restore(&self, values: &[Tensor]) {
+        let _guard = tch::no_grad_guard();
+        for (mut p, v) in self.parameters().into_iter().zip(values) {
+            p.copy_(v);
+        }
+    }
+}
+
+impl Adapter for Lora {
+    fn delta(&self, layer: usize, proj: Proj, x: &Tensor, train: bool) -> Option<Tensor> {
+        let pair = self.layers.get(layer)?.get(&proj)?;
+        let kind = x.kind();
+        let dropped = if train && self.config.dropout > 0.0 {
+            x.dropout(self.config.dropout, true)
+        } else {
+            x.shallow_clone()
+        };
+        let a = pair.a.to_kind(kind);
+        let b = pair.b.to_kind(kind);
+        Some(dropped.matmul(&a.tr()).matmul(&b.tr()) * self.scaling)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ForwardOptions, Logits, ModelConfig};
+
+    fn tiny() -> Model {
+        Model::random(&ModelConfig::tiny_qwen2(), tch::Device::Cpu, Kind::Float, 3)
+    }
+
+    fn config(targets: Vec<Proj>, use_rslora: bool) -> LoraConfig {
+        LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            targets,
+            use_rslora,
+        }
+    }
+
+    #[test]
+    fn init_draws_a_within_the_kaiming_bound_and_zero_b() {
+        let model = tiny();
+        let lora = Lora::init(&model, config(vec![Proj::Down, Proj::Q], false), 7).unwrap();
+        assert_eq!(lora.pairs().count(), 2 * model.num_layers());
+        for (layer, proj, pair) in lora.pairs() {
+            let inputs = model.projection_weight(layer, proj).size()[1];
+            let bound = 1.0 / (inputs as f64).sqrt();
+            let max = pair.a.abs().max().double_value(&[]);
+            assert!(
+                max < bound && max > 0.8 * bound,
+                "{layer} {proj:?}: {max} vs {bound}"
+            );
+            assert_eq!(pair.b.abs().sum(Kind::Float).double_value(&[]), 0.0);
+        }
+        let again = Lora::init(&model, config(vec![Proj::Q, Proj::Down], false), 7).unwrap();
+        for (x, y) in lora.parameters().iter().zip(again.parameters()) {
+            assert!(x.equal(&y), "same seed, same targets: same init");
+        }
+    }
+
+    #[test]
+    fn scaling_follows_rslora() {
+        assert_eq!(config(vec![Proj::Q], false).scaling(), 2.0);
+        assert_eq!(config(vec![Proj::Q], true).scaling(), 4.0);
+    }
+
+    #[test]
+    fn adapter_forward_equals_merged_weights() {
+        let model = tiny();
+        let lora = Lora::init(&model, config(vec![Proj::V, Proj::Up, Proj::O], true), 1).unwrap();
+        tch::manual_seed(5);
+        for p in lora.parameters() {
+            let _guard = tch::no_grad_guard();
+            let mut p = p;
+            p.copy_(&(Tensor::randn_like(&p) * 0.1));
+        }
+        let ids = Tensor::from_slice(&[5i64, 17, 300, 2, 99, 1000]).view([1, 6]);
+        let mask = Tensor::ones([1, 6], (Kind::Int64, tch::Device::Cpu));
+        let run = |m: &Model, adapter: Option<&dyn Adapter>| {
+            let opts = ForwardOptions {
+                logits: Logits::All,
+                adapter,
+                ..Default::default()
+            };
+            tch::no_grad(|| m.forward(&ids, &mask, None, &opts).logits.unwrap())
+        };
+        let with_hook = run(&model, Some(&lora));
+        let merged = run(&lora.merged_into(&model), None);
+        let base = run(&model, None);
+        let diff = (&with_hook - &merged).abs().max().double_value(&[]);
+        assert!(diff < 1e-4, "hook vs merged: {diff}");
+        let moved = (&with_hook - &base).abs().max().double_value(&[]);
+        assert!(moved > 1e-3, "the adapter must change the logits: {moved}");
+    }
+
+    #[test]
+    fn dropout_only_in_training() {
+        let model = tiny();
+        let mut cfg = config(vec![Proj::Q], false);
+        cfg.dropout = 0.5;
+        let lora = Lora::init(&model, cfg, 1).unwrap();
+        {
+            let _guard = tch::no_grad_guard();
+            for mut p in lora.parameters() {
+                let _ = p.fill_(0.1);
+            }
+        }
+        let x = Tensor::ones([1, 3, 64], (Kind::Float, tch::Device::Cpu));
+        let eval = lora.delta(0, Proj::Q, &x, false).unwrap();
+        let train = lora.delta(0, Proj::Q, &x, true).unwrap();
+        assert!(!eval.allclose(&train, 1e-6, 1e-6, false));
+        assert!(lora.delta(0, Proj::K, &x, true).is_none());
+    }
+
+    #[test]
+    fn bad_configs_are_refused() {
+        let model = tiny();
+        assert!(matches!(
+            Lora::init(&model, config(vec![], false), 0),
+            Err(LoraError::NoTargets)
+        ));
+        let mut cfg = config(vec![Proj::Q], false);
+        cfg.dropout = 1.0;
+        assert!(matches!(
+            Lora::init(&model, cfg, 0),
+            Err(LoraError::BadDropout { .. })
+        ));
+    }
+}

@@ -1,0 +1,15 @@
+//! LoRA supervised fine-tuning: data and label masks, batching, AdamW, schedules, the training
+//! loop with optional activation recomputation, and the JSON training log.
+
+pub mod data;
+pub mod log;
+pub mod masks;
+pub mod optim;
+pub mod schedule;
+pub mod trainer;
+
+pub use data::{ChatEncoder, DataReport, Example, LabelMode, Message, Row};
+pub use log::{StepLog, TrainLog};
+pub use optim::AdamWConfig;
+pub use schedule::{Schedule, ScheduleKind};
+pub use trainer::{train, Batch, TrainConfig, TrainError, TrainOutcome, Trainer};

@@ -1,0 +1,530 @@
+//! The SFT loop: micro-batches through the model with the LoRA adapter, the loss summed over
+//! the label tokens of the whole optimizer step and divided by their number (what HF's Trainer
+//! does with gradient accumulation since it passes `num_items_in_batch`), global-norm clipping,
+//! AdamW and the schedule.
+//!
+//! Activation recomputation (tch has no `checkpoint()`): the forward runs layer by layer without
+//! a graph, keeping only each layer's input; the loss is differentiated with respect to the last
+//! hidden state; then each layer, from the last, is run again with a graph and differentiated by
+//! `backward((out * grad_out).sum())`, which hands the gradient to its input. Dropout masks are
+//! drawn from a generator reseeded per (step, micro-batch, layer), so the recomputed layer sees
+//! exactly the masks of the first pass, and both modes compute the same thing.
+
+use super::data::Example;
+use super::log::StepLog;
+use super::masks::IGNORE;
+use super::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use super::schedule::{Schedule, ScheduleKind};
+use crate::lora::Lora;
+use crate::model::{Adapter, Model};
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+use tch::{Kind, Tensor};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub learning_rate: f64,
+    pub adamw: AdamWConfig,
+    pub schedule: ScheduleKind,
+    pub warmup_ratio: f64,
+    /// None: no clipping (the norm is still reported).
+    pub max_grad_norm: Option<f64>,
+    pub micro_batch: usize,
+    pub grad_accum: usize,
+    pub epochs: usize,
+    /// Stop after this many optimizer steps; the schedule then spans these steps (as HF's
+    /// `max_steps` does).
+    pub max_steps: Option<usize>,
+    pub seed: u64,
+    /// Activation recomputation (saves memory, costs about one more forward).
+    pub recompute: bool,
+    /// Batches are padded to a multiple of this length.
+    pub pad_multiple: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(
+        "step {step}: the loss ({loss}) or the gradient norm ({grad_norm}) is not finite; \
+         training stopped and the adapter was reset to the weights step {kept} started from (the \
+         last ones with a finite loss)"
+    )]
+    NonFinite {
+        step: usize,
+        loss: f64,
+        grad_norm: f64,
+        kept: usize,
+    },
+    #[error(
+        "after step {step} the adapter's weights are not finite; reset to the weights step {step} started from"
+    )]
+    NonFiniteWeights { step: usize },
+    #[error("step {step}: libtorch failed: {source}")]
+    Torch { step: usize, source: tch::TchError },
+    #[error("step {step}: the batch has no label tokens")]
+    NoLabelTokens { step: usize },
+    #[error("no training examples (every row was dropped; see the data report)")]
+    NoExamples,
+}
+
+/// One padded micro-batch on the device.
+pub struct Batch {
+    /// [B, T]
+    pub input_ids: Tensor,
+    /// [B, T], 1 = real token.
+    pub attention_mask: Tensor,
+    /// Flat indices into [B * (T - 1)] of the positions whose next token is a label.
+    label_positions: Tensor,
+    /// The labels at those positions.
+    label_targets: Tensor,
+    pub label_tokens: i64,
+    pub tokens: i64,
+}
+
+impl Batch {
+    /// Right-pads `rows` (ids with their labels) to the longest row rounded up to `multiple`.
+    pub fn new(rows: &[(&[i64], &[i64])], pad_id: i64, multiple: usize, device: tch::Device) -> Batch {
+        let longest = rows.iter().map(|(ids, _)| ids.len()).max().unwrap_or(1).max(1);
+        let multiple = multiple.max(1);
+        let t = longest.div_ceil(multiple) * multiple;
+        let b = rows.len();
+        let mut ids = vec![pad_id; b * t];
+        let mut mask = vec![0i64; b * t];
+        let mut positions = Vec::new();
+        let mut targets = Vec::new();
+        let mut tokens = 0i64;
+        for (r, (row_ids, row_labels)) in rows.iter().enumerate() {
+            ids[r * t..r * t + row_ids.len()].copy_from_slice(row_ids);
+            mask[r * t..r * t + row_ids.len()].fill(1);
+            tokens += row_ids.len() as i64;
+            // Position j predicts label j + 1 (HF shifts labels by one).
+            for (j, &label) in row_labels.iter().enumerate().skip(1) {
+                if label != IGNORE {
+                    positions.push((r * (t - 1) + j - 1) as i64);
+                    targets.push(label);
+                }
+            }
+        }
+        let (b, t) = (b as i64, t as i64);
+        Batch {
+            input_ids: Tensor::from_slice(&ids).view([b, t]).to_device(device),
+            attention_mask: Tensor::from_slice(&mask).view([b, t]).to_device(device),
+            label_tokens: positions.len() as i64,
+            label_positions: Tensor::from_slice(&positions).to_device(device),
+            label_targets: Tensor::from_slice(&targets).to_device(device),
+            tokens,
+        }
+    }
+
+    pub fn from_examples(examples: &[&Example], pad_id: i64, multiple: usize, device: tch::Device) -> Batch {
+        let rows: Vec<(&[i64], &[i64])> = examples
+            .iter()
+            .map(|e| (e.ids.as_slice(), e.labels.as_slice()))
+            .collect();
+        Batch::new(&rows, pad_id, multiple, device)
+    }
+}
+
+/// A 64-bit mix (SplitMix64's finaliser) of the run seed and a position in the run.
+fn mix(seed: u64, parts: &[u64]) -> u64 {
+    let mut x = seed;
+    for &p in parts {
+        x = x.wrapping_add(p).wrapping_add(0x9E37_79B9_7F4A_7C15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^= x >> 31;
+    }
+    x
+}
+
+pub struct Trainer<'a> {
+    model: &'a Model,
+    lora: &'a Lora,
+    config: TrainConfig,
+    schedule: Schedule,
+    optimizer: AdamW,
+    params: Vec<Tensor>,
+    last_good: Vec<Tensor>,
+    /// The 1-based step whose starting weights `last_good` holds.
+    last_good_step: usize,
+    /// Optimizer steps taken.
+    step: usize,
+    dropout: bool,
+}
+
+impl<'a> Trainer<'a> {
+    pub fn new(model: &'a Model, lora: &'a Lora, config: TrainConfig, total_steps: usize) -> Trainer<'a> {
+        lora.set_trainable(true);
+        let params = lora.parameters();
+        let schedule = Schedule::new(
+            config.schedule,
+            config.learning_rate,
+            config.warmup_ratio,
+            total_steps,
+        );
+        let optimizer = AdamW::new(params.iter().map(Tensor::shallow_clone).collect(), config.adamw);
+        Trainer {
+            model,
+            lora,
+            schedule,
+            optimizer,
+            last_good: lora.snapshot(),
+            last_good_step: 1,
+            params,
+            step: 0,
+            dropout: lora.config().dropout > 0.0,
+            config,
+        }
+    }
+
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+    pub fn steps_taken(&self) -> usize {
+        self.step
+    }
+
+    fn seed_dropout(&self, micro: usize, layer: usize) {
+        if self.dropout {
+            let seed = mix(self.config.seed, &[self.step as u64, micro as u64, layer as u64]);
+            tch::manual_seed((seed >> 1) as i64);
+        }
+    }
+
+    /// Sum of the cross-entropy over the batch's label tokens, from the last hidden state.
+    fn loss_sum(&self, hidden: &Tensor, batch: &Batch) -> Tensor {
+        let (b, t, h) = (hidden.size()[0], hidden.size()[1], hidden.size()[2]);
+        let predicting = hidden.narrow(1, 0, t - 1).reshape([b * (t - 1), h]);
+        let selected = predicting.index_select(0, &batch.label_positions).unsqueeze(0);
+        let logits = self.model.logits(&selected).squeeze_dim(0).to_kind(Kind::Float);
+        logits.cross_entropy_loss(
+            &batch.label_targets,
+            None::<Tensor>,
+            tch::Reduction::Sum,
+            IGNORE,
+            0.0,
+        )
+    }
+
+    /// Forward and backward of one micro-batch, the loss scaled by `scale`; returns the
+    /// unscaled loss sum.
+    fn micro_step(&self, batch: &Batch, micro: usize, scale: f64) -> Result<f64, tch::TchError> {
+        let model = self.model;
+        let adapter: &dyn Adapter = self.lora;
+        let t = batch.input_ids.size()[1];
+        let ctx = model.attention_context(&batch.attention_mask, t);
+        let embedded = tch::no_grad(|| model.embed(&batch.input_ids));
+        let layers = model.num_layers();
+        if !self.config.recompute {
+            let mut x = embedded;
+            for i in 0..layers {
+                self.seed_dropout(micro, i);
+                x = model.layer_forward(i, &x, &ctx, None, Some(adapter), true).0;
+            }
+            let loss = self.loss_sum(&x, batch);
+            (&loss * scale).f_backward()?;
+            return Ok(loss.double_value(&[]));
+        }
+        let mut inputs = Vec::with_capacity(layers);
+        let top = tch::no_grad(|| {
+            let mut x = embedded;
+            for i in 0..layers {
+                inputs.push(x.shallow_clone());
+                self.seed_dropout(micro, i);
+                x = model.layer_forward(i, &x, &ctx, None, Some(adapter), true).0;
+            }
+            x
+        });
+        let top = top.detach().set_requires_grad(true);
+        let loss = self.loss_sum(&top, batch);
+        (&loss * scale).f_backward()?;
+        let loss_value = loss.double_value(&[]);
+        let mut grad_out = top.grad();
+        drop(top);
+        for i in (0..layers).rev() {
+            let Some(input) = inputs.pop() else { break };
+            // The embeddings are frozen: the first layer's input needs no gradient.
+            let input = input.detach().set_requires_grad(i > 0);
+            self.seed_dropout(micro, i);
+            let out = model.layer_forward(i, &input, &ctx, None, Some(adapter), true).0;
+            (out * &grad_out).sum(Kind::Float).f_backward()?;
+            if i > 0 {
+                grad_out = input.grad();
+            }
+        }
+        Ok(loss_value)
+    }
+
+    /// One optimizer step over `micro_batches`. On a non-finite loss or gradient the adapter
+    /// is put back to its state before this step and the error says so.
+    pub fn step(&mut self, micro_batches: &[Batch], epoch: usize) -> Result<StepLog, TrainError> {
+        let started = Instant::now();
+        let step_no = self.step + 1;
+        let label_tokens: i64 = micro_batches.iter().map(|b| b.label_tokens).sum();
+        if label_tokens == 0 {
+            return Err(TrainError::NoLabelTokens { step: step_no });
+        }
+        let scale = 1.0 / label_tokens as f64;
+        let mut loss_sum = 0.0;
+        for (m, batch) in micro_batches.iter().enumerate() {
+            if batch.label_tokens == 0 {
+                continue;
+            }
+            loss_sum += self
+                .micro_step(batch, m, scale)
+                .map_err(|source| TrainError::Torch {
+                    step: step_no,
+                    source,
+                })?;
+        }
+        let loss = loss_sum / label_tokens as f64;
+        let grad_norm = clip_grad_norm(&self.params, self.config.max_grad_norm);
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            self.optimizer.zero_grad();
+            self.lora.restore(&self.last_good);
+            return Err(TrainError::NonFinite {
+                step: step_no,
+                loss,
+                grad_norm,
+                kept: self.last_good_step,
+            });
+        }
+        {
+            let _guard = tch::no_grad_guard();
+            for (keep, p) in self.last_good.iter_mut().zip(&self.params) {
+                let _ = keep.copy_(p);
+            }
+        }
+        self.last_good_step = step_no;
+        let lr = self.schedule.lr(self.step);
+        self.optimizer.step(lr);
+        self.optimizer.zero_grad();
+        self.step += 1;
+        let tokens: i64 = micro_batches.iter().map(|b| b.tokens).sum();
+        let seconds = started.elapsed().as_secs_f64();
+        Ok(StepLog {
+            step: step_no,
+            epoch,
+            loss,
+            lr,
+            grad_norm,
+            label_tokens,
+            tokens,
+            tokens_per_s: tokens as f64 / seconds.max(1e-9),
+            seconds,
+        })
+    }
+
+    /// Whether every adapter weight is finite; if not, the weights go back to the last good
+    /// state (the one whose loss was last computed finite).
+    pub fn check_weights(&mut self) -> Result<(), TrainError> {
+        let finite = tch::no_grad(|| {
+            self.params
+                .iter()
+                .all(|p| bool::try_from(p.isfinite().all()).unwrap_or(false))
+        });
+        if finite {
+            Ok(())
+        } else {
+            self.lora.restore(&self.last_good);
+            Err(TrainError::NonFiniteWeights { step: self.step })
+        }
+    }
+}
+
+/// What `train` did.
+pub struct TrainOutcome {
+    pub steps: Vec<StepLog>,
+    pub total_steps: usize,
+    /// Set when training stopped early; the adapter then holds its last good state.
+    pub error: Option<TrainError>,
+}
+
+/// Trains `lora` on `examples` for the configured epochs (or `max_steps`). `on_step` sees each
+/// step's record as it finishes (progress bars, logs).
+pub fn train(
+    model: &Model,
+    lora: &Lora,
+    examples: &[Example],
+    pad_id: i64,
+    config: &TrainConfig,
+    on_step: &mut dyn FnMut(&StepLog, usize),
+) -> TrainOutcome {
+    if examples.is_empty() {
+        return TrainOutcome {
+            steps: Vec::new(),
+            total_steps: 0,
+            error: Some(TrainError::NoExamples),
+        };
+    }
+    let plan = super::data::plan_steps(
+        examples.len(),
+        config.epochs.max(1),
+        config.micro_batch,
+        config.grad_accum,
+        config.seed,
+    );
+    let steps_per_epoch = plan.len() / config.epochs.max(1);
+    let total_steps = config.max_steps.map_or(plan.len(), |m| m.min(plan.len()));
+    let mut trainer = Trainer::new(model, lora, config.clone(), total_steps);
+    let mut logs = Vec::with_capacity(total_steps);
+    let mut error = None;
+    for (k, step) in plan.iter().take(total_steps).enumerate() {
+        let batches: Vec<Batch> = step
+            .iter()
+            .map(|micro| {
+                let rows: Vec<&Example> = micro.iter().map(|&i| &examples[i]).collect();
+                Batch::from_examples(&rows, pad_id, config.pad_multiple, model.device())
+            })
+            .collect();
+        match trainer.step(&batches, k / steps_per_epoch.max(1) + 1) {
+            Ok(log) => {
+                on_step(&log, total_steps);
+                logs.push(log);
+            }
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
+        }
+    }
+    if error.is_none() {
+        error = trainer.check_weights().err();
+    }
+    lora.set_trainable(false);
+    TrainOutcome {
+        steps: logs,
+        total_steps,
+        error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lora::LoraConfig;
+    use crate::model::{ModelConfig, Proj};
+
+    fn tiny() -> Model {
+        Model::random(&ModelConfig::tiny_qwen2(), tch::Device::Cpu, Kind::Float, 11)
+    }
+
+    fn examples(n: usize) -> Vec<Example> {
+        (0..n)
+            .map(|i| {
+                let len = 5 + (i * 7) % 13;
+                let ids: Vec<i64> = (0..len).map(|j| ((i * 31 + j * 17) % 1000) as i64 + 1).collect();
+                let labels = ids
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &id)| if j < 3 { IGNORE } else { id })
+                    .collect();
+                Example {
+                    line: i + 1,
+                    ids,
+                    labels,
+                }
+            })
+            .collect()
+    }
+
+    fn config(recompute: bool) -> TrainConfig {
+        TrainConfig {
+            learning_rate: 1e-2,
+            adamw: AdamWConfig::default(),
+            schedule: ScheduleKind::Linear,
+            warmup_ratio: 0.1,
+            max_grad_norm: Some(1.0),
+            micro_batch: 2,
+            grad_accum: 2,
+            epochs: 2,
+            max_steps: None,
+            seed: 42,
+            recompute,
+            pad_multiple: 8,
+        }
+    }
+
+    fn lora(model: &Model, dropout: f64) -> Lora {
+        let cfg = LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            dropout,
+            targets: Proj::ALL.to_vec(),
+            use_rslora: false,
+        };
+        Lora::init(model, cfg, 1).unwrap()
+    }
+
+    #[test]
+    fn batches_pad_to_a_multiple_of_eight_and_shift_labels() {
+        let ex = examples(2);
+        let batch = Batch::from_examples(&[&ex[0], &ex[1]], 0, 8, tch::Device::Cpu);
+        assert_eq!(batch.input_ids.size(), [2, 16]);
+        assert_eq!(batch.tokens, (ex[0].ids.len() + ex[1].ids.len()) as i64);
+        assert_eq!(
+            batch.label_tokens,
+            (ex[0].ids.len() - 3 + ex[1].ids.len() - 3) as i64
+        );
+        // The first label (position 3) is predicted from position 2.
+        assert_eq!(batch.label_positions.int64_value(&[0]), 2);
+    }
+
+    #[test]
+    fn loss_falls_and_recomputation_changes_nothing() {
+        let model = tiny();
+        let ex = examples(12);
+        let mut runs = Vec::new();
+        for recompute in [false, true] {
+            let l = lora(&model, 0.1);
+            let out = train(&model, &l, &ex, 0, &config(recompute), &mut |_, _| {});
+            assert!(out.error.is_none(), "{:?}", out.error);
+            assert_eq!(out.total_steps, 6);
+            runs.push((out.steps, l.snapshot()));
+        }
+        let (plain, recomputed) = (&runs[0], &runs[1]);
+        for (a, b) in plain.0.iter().zip(&recomputed.0) {
+            assert!(
+                (a.loss - b.loss).abs() < 1e-5 * a.loss,
+                "{} vs {}",
+                a.loss,
+                b.loss
+            );
+            assert_eq!(a.lr, b.lr);
+        }
+        for (a, b) in plain.1.iter().zip(&recomputed.1) {
+            assert!(a.allclose(b, 1e-4, 1e-6, false));
+        }
+        assert_eq!(plain.0[0].lr, 0.0, "warmup starts at zero");
+        let first = plain.0[1].loss;
+        let last = plain.0[5].loss;
+        assert!(last < first, "loss should fall: {first} -> {last}");
+    }
+
+    #[test]
+    fn non_finite_loss_stops_and_keeps_the_last_good_adapter() {
+        let model = tiny();
+        let ex = examples(8);
+        let l = lora(&model, 0.0);
+        let mut cfg = config(false);
+        cfg.warmup_ratio = 0.0;
+        cfg.max_grad_norm = None;
+        cfg.adamw.eps = 0.0;
+        cfg.learning_rate = 1e38;
+        let mut seen = Vec::new();
+        let out = train(&model, &l, &ex, 0, &cfg, &mut |s, _| seen.push(s.step));
+        let err = out.error.expect("an absurd learning rate must blow up");
+        let message = err.to_string();
+        assert!(
+            message.contains("not finite") || message.contains("non-finite"),
+            "{message}"
+        );
+        for p in l.parameters() {
+            assert!(
+                bool::try_from(p.isfinite().all()).unwrap(),
+                "the kept adapter is finite"
+            );
+        }
+        assert_eq!(seen.len(), out.steps.len());
+    }
+}
