@@ -68,11 +68,27 @@ pub struct LoraPair {
     pub b: Tensor,
 }
 
+/// How training-mode dropout draws its masks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropoutMode {
+    /// A fresh mask every call (libtorch's fused dropout).
+    Fresh,
+    /// Fresh masks, kept per (layer, projection) for a later `Replay`.
+    Record,
+    /// The masks kept by the last `Record` (activation recomputation must see the same masks as
+    /// the first pass; reseeding the global generator would not be safe while other threads
+    /// draw from it).
+    Replay,
+}
+
 pub struct Lora {
     config: LoraConfig,
     scaling: f64,
     /// Per decoder layer, the adapted projections.
     layers: Vec<BTreeMap<Proj, LoraPair>>,
+    dropout_mode: std::sync::Mutex<DropoutMode>,
+    /// (layer, projection) -> positions dropped, kept by `DropoutMode::Record`.
+    dropout_masks: std::sync::Mutex<BTreeMap<(usize, Proj), Tensor>>,
 }
 
 // SAFETY: the tensors are reference-counted libtorch handles. During a forward pass they are only
@@ -180,7 +196,47 @@ impl Lora {
             scaling: config.scaling(),
             config,
             layers,
+            dropout_mode: std::sync::Mutex::new(DropoutMode::Fresh),
+            dropout_masks: std::sync::Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Sets how dropout draws its masks; switching to `Record` forgets the kept masks.
+    pub fn set_dropout_mode(&self, mode: DropoutMode) {
+        if mode == DropoutMode::Record {
+            self.forget_dropout_masks();
+        }
+        if let Ok(mut m) = self.dropout_mode.lock() {
+            *m = mode;
+        }
+    }
+
+    pub fn forget_dropout_masks(&self) {
+        if let Ok(mut masks) = self.dropout_masks.lock() {
+            masks.clear();
+        }
+    }
+
+    fn dropout(&self, layer: usize, proj: Proj, x: &Tensor) -> Tensor {
+        let p = self.config.dropout;
+        let mode = self.dropout_mode.lock().map(|m| *m).unwrap_or(DropoutMode::Fresh);
+        let kept = match mode {
+            DropoutMode::Fresh => return x.dropout(p, true),
+            DropoutMode::Record => None,
+            DropoutMode::Replay => self
+                .dropout_masks
+                .lock()
+                .ok()
+                .and_then(|m| m.get(&(layer, proj)).map(Tensor::shallow_clone)),
+        };
+        let dropped = kept.unwrap_or_else(|| {
+            let fresh = tch::no_grad(|| x.rand_like().lt(p));
+            if let Ok(mut m) = self.dropout_masks.lock() {
+                m.insert((layer, proj), fresh.shallow_clone());
+            }
+            fresh
+        });
+        x.masked_fill(&dropped, 0.0) * (1.0 / (1.0 - p))
     }
 
     pub fn config(&self) -> &LoraConfig {
@@ -254,7 +310,7 @@ impl Adapter for Lora {
         let pair = self.layers.get(layer)?.get(&proj)?;
         let kind = x.kind();
         let dropped = if train && self.config.dropout > 0.0 {
-            x.dropout(self.config.dropout, true)
+            self.dropout(layer, proj, x)
         } else {
             x.shallow_clone()
         };

@@ -6,16 +6,16 @@
 //! Activation recomputation (tch has no `checkpoint()`): the forward runs layer by layer without
 //! a graph, keeping only each layer's input; the loss is differentiated with respect to the last
 //! hidden state; then each layer, from the last, is run again with a graph and differentiated by
-//! `backward((out * grad_out).sum())`, which hands the gradient to its input. Dropout masks are
-//! drawn from a generator reseeded per (step, micro-batch, layer), so the recomputed layer sees
-//! exactly the masks of the first pass, and both modes compute the same thing.
+//! `backward((out * grad_out).sum())`, which hands the gradient to its input. The adapter keeps
+//! the dropout masks of the first pass and replays them in the recomputation, so both modes
+//! compute the same thing.
 
 use super::data::Example;
 use super::log::StepLog;
 use super::masks::IGNORE;
 use super::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use super::schedule::{Schedule, ScheduleKind};
-use crate::lora::Lora;
+use crate::lora::{DropoutMode, Lora};
 use crate::model::{Adapter, Model};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -125,18 +125,6 @@ impl Batch {
     }
 }
 
-/// A 64-bit mix (SplitMix64's finaliser) of the run seed and a position in the run.
-fn mix(seed: u64, parts: &[u64]) -> u64 {
-    let mut x = seed;
-    for &p in parts {
-        x = x.wrapping_add(p).wrapping_add(0x9E37_79B9_7F4A_7C15);
-        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        x ^= x >> 31;
-    }
-    x
-}
-
 pub struct Trainer<'a> {
     model: &'a Model,
     lora: &'a Lora,
@@ -184,13 +172,6 @@ impl<'a> Trainer<'a> {
         self.step
     }
 
-    fn seed_dropout(&self, micro: usize, layer: usize) {
-        if self.dropout {
-            let seed = mix(self.config.seed, &[self.step as u64, micro as u64, layer as u64]);
-            tch::manual_seed((seed >> 1) as i64);
-        }
-    }
-
     /// Sum of the cross-entropy over the batch's label tokens, from the last hidden state.
     fn loss_sum(&self, hidden: &Tensor, batch: &Batch) -> Tensor {
         let (b, t, h) = (hidden.size()[0], hidden.size()[1], hidden.size()[2]);
@@ -208,7 +189,7 @@ impl<'a> Trainer<'a> {
 
     /// Forward and backward of one micro-batch, the loss scaled by `scale`; returns the
     /// unscaled loss sum.
-    fn micro_step(&self, batch: &Batch, micro: usize, scale: f64) -> Result<f64, tch::TchError> {
+    fn micro_step(&self, batch: &Batch, scale: f64) -> Result<f64, tch::TchError> {
         let model = self.model;
         let adapter: &dyn Adapter = self.lora;
         let t = batch.input_ids.size()[1];
@@ -218,7 +199,6 @@ impl<'a> Trainer<'a> {
         if !self.config.recompute {
             let mut x = embedded;
             for i in 0..layers {
-                self.seed_dropout(micro, i);
                 x = model.layer_forward(i, &x, &ctx, None, Some(adapter), true).0;
             }
             let loss = self.loss_sum(&x, batch);
@@ -226,11 +206,13 @@ impl<'a> Trainer<'a> {
             return Ok(loss.double_value(&[]));
         }
         let mut inputs = Vec::with_capacity(layers);
+        if self.dropout {
+            self.lora.set_dropout_mode(DropoutMode::Record);
+        }
         let top = tch::no_grad(|| {
             let mut x = embedded;
             for i in 0..layers {
                 inputs.push(x.shallow_clone());
-                self.seed_dropout(micro, i);
                 x = model.layer_forward(i, &x, &ctx, None, Some(adapter), true).0;
             }
             x
@@ -241,16 +223,21 @@ impl<'a> Trainer<'a> {
         let loss_value = loss.double_value(&[]);
         let mut grad_out = top.grad();
         drop(top);
+        if self.dropout {
+            self.lora.set_dropout_mode(DropoutMode::Replay);
+        }
         for i in (0..layers).rev() {
             let Some(input) = inputs.pop() else { break };
             // The embeddings are frozen: the first layer's input needs no gradient.
             let input = input.detach().set_requires_grad(i > 0);
-            self.seed_dropout(micro, i);
             let out = model.layer_forward(i, &input, &ctx, None, Some(adapter), true).0;
             (out * &grad_out).sum(Kind::Float).f_backward()?;
             if i > 0 {
                 grad_out = input.grad();
             }
+        }
+        if self.dropout {
+            self.lora.set_dropout_mode(DropoutMode::Fresh);
         }
         Ok(loss_value)
     }
@@ -266,17 +253,18 @@ impl<'a> Trainer<'a> {
         }
         let scale = 1.0 / label_tokens as f64;
         let mut loss_sum = 0.0;
-        for (m, batch) in micro_batches.iter().enumerate() {
+        for batch in micro_batches {
             if batch.label_tokens == 0 {
                 continue;
             }
             loss_sum += self
-                .micro_step(batch, m, scale)
+                .micro_step(batch, scale)
                 .map_err(|source| TrainError::Torch {
                     step: step_no,
                     source,
                 })?;
         }
+        self.lora.forget_dropout_masks();
         let loss = loss_sum / label_tokens as f64;
         let grad_norm = clip_grad_norm(&self.params, self.config.max_grad_norm);
         if !loss.is_finite() || !grad_norm.is_finite() {
@@ -476,7 +464,7 @@ mod tests {
         let ex = examples(12);
         let mut runs = Vec::new();
         for recompute in [false, true] {
-            let l = lora(&model, 0.1);
+            let l = lora(&model, 0.0);
             let out = train(&model, &l, &ex, 0, &config(recompute), &mut |_, _| {});
             assert!(out.error.is_none(), "{:?}", out.error);
             assert_eq!(out.total_steps, 6);
@@ -499,6 +487,38 @@ mod tests {
         let first = plain.0[1].loss;
         let last = plain.0[5].loss;
         assert!(last < first, "loss should fall: {first} -> {last}");
+    }
+
+    #[test]
+    fn recomputation_replays_the_dropout_masks_of_the_first_pass() {
+        let model = tiny();
+        let ex = examples(4);
+        let l = lora(&model, 0.5);
+        {
+            let _guard = tch::no_grad_guard();
+            for mut p in l.parameters() {
+                let _ = p.copy_(&(Tensor::randn_like(&p) * 0.1));
+            }
+        }
+        let trainer = Trainer::new(&model, &l, config(true), 4);
+        let batch = Batch::from_examples(&[&ex[0], &ex[1], &ex[2]], 0, 8, tch::Device::Cpu);
+        let loss_recomputed = trainer.micro_step(&batch, 1.0).unwrap();
+        let grads_recomputed: Vec<Tensor> = l.parameters().iter().map(|p| p.grad().copy()).collect();
+        for mut p in l.parameters() {
+            p.zero_grad();
+        }
+        // The plain path with the same masks (replayed) must give the same loss and gradients.
+        l.set_dropout_mode(DropoutMode::Replay);
+        let plain = Trainer::new(&model, &l, config(false), 4);
+        let loss_plain = plain.micro_step(&batch, 1.0).unwrap();
+        assert!((loss_plain - loss_recomputed).abs() < 1e-4 * loss_plain.abs());
+        for (p, g) in l.parameters().iter().zip(&grads_recomputed) {
+            assert!(p.grad().allclose(g, 1e-4, 1e-6, false), "gradients differ");
+        }
+        // And fresh masks would have changed the loss (the test can fail).
+        l.set_dropout_mode(DropoutMode::Fresh);
+        let loss_fresh = plain.micro_step(&batch, 1.0).unwrap();
+        assert!((loss_fresh - loss_plain).abs() > 1e-6);
     }
 
     #[test]
