@@ -23,7 +23,8 @@ use tch::{Kind, Tensor};
 pub enum Logits {
     /// [B, T, V]
     All,
-    /// [B, 1, V]: the last position of every row (generation).
+    /// [B, 1, V]: the last column of the batch, which is every row's last real token only
+    /// when rows are left-padded (as generation pads them).
     #[default]
     Last,
     /// None (extraction only needs hidden states).
