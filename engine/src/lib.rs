@@ -11,6 +11,7 @@ pub mod gguf;
 pub mod lora;
 pub mod model;
 pub mod peft;
+pub mod tokenizer;
 pub mod train;
 
 pub use device::{Device, DeviceError};
