@@ -5,11 +5,13 @@ pub mod data;
 pub mod log;
 pub mod masks;
 pub mod optim;
+pub mod run;
 pub mod schedule;
 pub mod trainer;
 
 pub use data::{ChatEncoder, DataReport, Example, LabelMode, Message, Row};
 pub use log::{StepLog, TrainLog};
 pub use optim::AdamWConfig;
+pub use run::{run_sft, RunError, SftConfig, TrainReport};
 pub use schedule::{Schedule, ScheduleKind};
 pub use trainer::{train, Batch, TrainConfig, TrainError, TrainOutcome, Trainer};
