@@ -28,6 +28,9 @@ impl Message {
     }
 }
 
+/// Token ids of a text and the byte range of the text each one covers.
+pub type IdsAndOffsets = (Vec<i64>, Vec<(usize, usize)>);
+
 /// What the trainer needs from a tokenizer with a chat template.
 pub trait ChatEncoder {
     /// The chat template applied to `messages`; with `add_generation_prompt` the assistant
@@ -35,7 +38,7 @@ pub trait ChatEncoder {
     fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, String>;
     /// Token ids of `text` (special tokens written in it are recognised) and the byte range of
     /// `text` each token covers.
-    fn encode(&self, text: &str) -> Result<(Vec<i64>, Vec<(usize, usize)>), String>;
+    fn encode(&self, text: &str) -> Result<IdsAndOffsets, String>;
     /// Ids that end a turn (e.g. `<|im_end|>`).
     fn end_of_turn_ids(&self) -> Vec<i64>;
     fn pad_id(&self) -> i64;
@@ -359,7 +362,7 @@ mod tests {
             }
             Ok(s)
         }
-        fn encode(&self, text: &str) -> Result<(Vec<i64>, Vec<(usize, usize)>), String> {
+        fn encode(&self, text: &str) -> Result<IdsAndOffsets, String> {
             let mut ids = Vec::new();
             let mut offsets = Vec::new();
             let mut i = 0;

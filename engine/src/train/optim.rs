@@ -48,8 +48,8 @@ impl AdamW {
         self.steps
     }
 
-    /// One update with learning rate `lr` from the gradients the parameters hold.
-    pub fn step(&mut self, lr: f64) {
+    /// One update with learning rate `lr` from `grads` (one per parameter, same shapes).
+    pub fn step(&mut self, lr: f64, grads: &[Tensor]) {
         let _guard = tch::no_grad_guard();
         self.steps += 1;
         let (beta1, beta2) = self.config.betas;
@@ -57,42 +57,39 @@ impl AdamW {
         let bias_correction2 = 1.0 - beta2.powi(self.steps as i32);
         let step_size = lr / bias_correction1;
         let bias_correction2_sqrt = bias_correction2.sqrt();
-        for ((param, exp_avg), exp_avg_sq) in self
+        for (((param, exp_avg), exp_avg_sq), grad) in self
             .params
             .iter_mut()
             .zip(self.exp_avg.iter_mut())
             .zip(self.exp_avg_sq.iter_mut())
+            .zip(grads)
         {
-            let grad = param.grad();
             if !grad.defined() {
                 continue;
             }
             if self.config.weight_decay != 0.0 {
                 let _ = param.g_mul_scalar_(1.0 - lr * self.config.weight_decay);
             }
-            let _ = exp_avg.lerp_(&grad, 1.0 - beta1);
+            let _ = exp_avg.lerp_(grad, 1.0 - beta1);
             let _ = exp_avg_sq.g_mul_scalar_(beta2);
             // addcmul(value=1-beta2) computes value * g * g left to right.
-            let _ = exp_avg_sq.g_add_(&(&grad * (1.0 - beta2) * &grad));
+            let _ = exp_avg_sq.g_add_(&(grad * (1.0 - beta2) * grad));
             let denom = exp_avg_sq.sqrt() / bias_correction2_sqrt + self.config.eps;
             // addcdiv(value=-step_size) computes value * m / denom left to right.
             let _ = param.g_add_(&(&*exp_avg * -step_size / denom));
         }
     }
-
-    /// Clears the gradients (PyTorch's zero_grad(set_to_none=False)).
-    pub fn zero_grad(&mut self) {
-        for p in self.params.iter_mut() {
-            p.zero_grad();
-        }
-    }
 }
 
-/// The global L2 norm of the gradients of `params` (before clipping); with `max_norm`, the
-/// gradients are scaled by min(1, max_norm / (norm + 1e-6)) as `clip_grad_norm_` does.
-pub fn clip_grad_norm(params: &[Tensor], max_norm: Option<f64>) -> f64 {
+/// The global L2 norm of `grads` (before clipping); with `max_norm`, the gradients are scaled
+/// in place by min(1, max_norm / (norm + 1e-6)) as `clip_grad_norm_` does.
+pub fn clip_grad_norm(grads: &[Tensor], max_norm: Option<f64>) -> f64 {
     let _guard = tch::no_grad_guard();
-    let grads: Vec<Tensor> = params.iter().map(Tensor::grad).filter(Tensor::defined).collect();
+    let grads: Vec<Tensor> = grads
+        .iter()
+        .filter(|g| g.defined())
+        .map(Tensor::shallow_clone)
+        .collect();
     if grads.is_empty() {
         return 0.0;
     }
@@ -122,13 +119,14 @@ mod tests {
             weight_decay: 0.1,
         };
         let mut opt = AdamW::new(vec![p.shallow_clone()], cfg);
-        let mut expected = vec![1.0f64, -2.0, 0.5];
+        let mut expected = [1.0f64, -2.0, 0.5];
         let (mut m, mut v) = (vec![0.0f64; 3], vec![0.0f64; 3]);
         for step in 1..=2 {
             let lr = 0.1 * step as f64;
-            opt.zero_grad();
+            let mut q = p.shallow_clone();
+            q.zero_grad();
             (&p * &p).sum(Kind::Float).backward();
-            opt.step(lr);
+            opt.step(lr, &[p.grad()]);
             for i in 0..3 {
                 let g = 2.0 * expected[i];
                 expected[i] *= 1.0 - lr * 0.1;
@@ -156,14 +154,14 @@ mod tests {
         let b = Tensor::from_slice(&[0.0f32]).set_requires_grad(true);
         let loss = (&a * Tensor::from_slice(&[3.0f32, 0.0])).sum(Kind::Float) + (&b * 4.0).sum(Kind::Float);
         loss.backward();
-        let params = [a.shallow_clone(), b.shallow_clone()];
-        let norm = clip_grad_norm(&params, Some(10.0));
+        let grads = [a.grad(), b.grad()];
+        let norm = clip_grad_norm(&grads, Some(10.0));
         assert!((norm - 5.0).abs() < 1e-6);
         assert!(
             (a.grad().double_value(&[0]) - 3.0).abs() < 1e-6,
             "below the max: unchanged"
         );
-        let norm = clip_grad_norm(&params, Some(1.0));
+        let norm = clip_grad_norm(&grads, Some(1.0));
         assert!((norm - 5.0).abs() < 1e-6);
         assert!((a.grad().double_value(&[0]) - 0.6).abs() < 1e-6);
         assert!((b.grad().double_value(&[0]) - 0.8).abs() < 1e-6);

@@ -131,8 +131,7 @@ pub struct Trainer<'a> {
     config: TrainConfig,
     schedule: Schedule,
     optimizer: AdamW,
-    params: Vec<Tensor>,
-    last_good: Vec<Tensor>,
+    last_good: Tensor,
     /// The 1-based step whose starting weights `last_good` holds.
     last_good_step: usize,
     /// Optimizer steps taken.
@@ -143,14 +142,13 @@ pub struct Trainer<'a> {
 impl<'a> Trainer<'a> {
     pub fn new(model: &'a Model, lora: &'a Lora, config: TrainConfig, total_steps: usize) -> Trainer<'a> {
         lora.set_trainable(true);
-        let params = lora.parameters();
         let schedule = Schedule::new(
             config.schedule,
             config.learning_rate,
             config.warmup_ratio,
             total_steps,
         );
-        let optimizer = AdamW::new(params.iter().map(Tensor::shallow_clone).collect(), config.adamw);
+        let optimizer = AdamW::new(vec![lora.flat()], config.adamw);
         Trainer {
             model,
             lora,
@@ -158,7 +156,6 @@ impl<'a> Trainer<'a> {
             optimizer,
             last_good: lora.snapshot(),
             last_good_step: 1,
-            params,
             step: 0,
             dropout: lora.config().dropout > 0.0,
             config,
@@ -266,9 +263,10 @@ impl<'a> Trainer<'a> {
         }
         self.lora.forget_dropout_masks();
         let loss = loss_sum / label_tokens as f64;
-        let grad_norm = clip_grad_norm(&self.params, self.config.max_grad_norm);
+        let grad = self.lora.flat_grad();
+        self.lora.zero_grad();
+        let grad_norm = clip_grad_norm(std::slice::from_ref(&grad), self.config.max_grad_norm);
         if !loss.is_finite() || !grad_norm.is_finite() {
-            self.optimizer.zero_grad();
             self.lora.restore(&self.last_good);
             return Err(TrainError::NonFinite {
                 step: step_no,
@@ -277,16 +275,10 @@ impl<'a> Trainer<'a> {
                 kept: self.last_good_step,
             });
         }
-        {
-            let _guard = tch::no_grad_guard();
-            for (keep, p) in self.last_good.iter_mut().zip(&self.params) {
-                let _ = keep.copy_(p);
-            }
-        }
+        tch::no_grad(|| self.last_good.copy_(&self.lora.flat()));
         self.last_good_step = step_no;
         let lr = self.schedule.lr(self.step);
-        self.optimizer.step(lr);
-        self.optimizer.zero_grad();
+        self.optimizer.step(lr, &[grad]);
         self.step += 1;
         let tokens: i64 = micro_batches.iter().map(|b| b.tokens).sum();
         let seconds = started.elapsed().as_secs_f64();
@@ -306,11 +298,7 @@ impl<'a> Trainer<'a> {
     /// Whether every adapter weight is finite; if not, the weights go back to the last good
     /// state (the one whose loss was last computed finite).
     pub fn check_weights(&mut self) -> Result<(), TrainError> {
-        let finite = tch::no_grad(|| {
-            self.params
-                .iter()
-                .all(|p| bool::try_from(p.isfinite().all()).unwrap_or(false))
-        });
+        let finite = tch::no_grad(|| bool::try_from(self.lora.flat().isfinite().all()).unwrap_or(false));
         if finite {
             Ok(())
         } else {
@@ -480,9 +468,7 @@ mod tests {
             );
             assert_eq!(a.lr, b.lr);
         }
-        for (a, b) in plain.1.iter().zip(&recomputed.1) {
-            assert!(a.allclose(b, 1e-4, 1e-6, false));
-        }
+        assert!(plain.1.allclose(&recomputed.1, 1e-4, 1e-6, false));
         assert_eq!(plain.0[0].lr, 0.0, "warmup starts at zero");
         let first = plain.0[1].loss;
         let last = plain.0[5].loss;
@@ -497,16 +483,14 @@ mod tests {
         {
             let _guard = tch::no_grad_guard();
             for mut p in l.parameters() {
-                let _ = p.copy_(&(Tensor::randn_like(&p) * 0.1));
+                p.copy_(&(Tensor::randn_like(&p) * 0.1));
             }
         }
         let trainer = Trainer::new(&model, &l, config(true), 4);
         let batch = Batch::from_examples(&[&ex[0], &ex[1], &ex[2]], 0, 8, tch::Device::Cpu);
         let loss_recomputed = trainer.micro_step(&batch, 1.0).unwrap();
         let grads_recomputed: Vec<Tensor> = l.parameters().iter().map(|p| p.grad().copy()).collect();
-        for mut p in l.parameters() {
-            p.zero_grad();
-        }
+        l.zero_grad();
         // The plain path with the same masks (replayed) must give the same loss and gradients.
         l.set_dropout_mode(DropoutMode::Replay);
         let plain = Trainer::new(&model, &l, config(false), 4);
