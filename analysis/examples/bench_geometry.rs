@@ -1,0 +1,120 @@
+//! Speed benchmark of the whole geometry analysis (M1, M2, M3 with their nulls and bootstrap
+//! intervals, all three families) on seeded synthetic activations held in memory.
+//!
+//! Default = full size: 7 checkpoints x 2 methods x 5 layers x 12 personas x 240 questions x
+//! 3584 hidden, 10,000 permutations. Flags override: `--questions N --hidden N --layers N
+//! --permutations N --bootstrap N --components N`. Prints one JSON object (time, machine,
+//! cores, sizes, settings) on stdout.
+
+use pspace_analysis::geometry::synthetic::{generate, SyntheticDesign};
+use pspace_analysis::geometry::{compute, GeometryConfig, GeometryInput, MethodActivations};
+use std::time::Instant;
+
+fn flag(args: &[String], name: &str, default: usize) -> Result<usize, String> {
+    match args.iter().position(|a| a == name) {
+        None => Ok(default),
+        Some(i) => args
+            .get(i + 1)
+            .ok_or_else(|| format!("{name} needs a value"))?
+            .parse()
+            .map_err(|e| format!("{name}: expected a whole number: {e}")),
+    }
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn main() -> Result<(), String> {
+    let args: Vec<String> = std::env::args().collect();
+    let questions = flag(&args, "--questions", 240)?;
+    let hidden = flag(&args, "--hidden", 3584)?;
+    let layer_count = flag(&args, "--layers", 5)?;
+    let defaults = GeometryConfig::default();
+    let config = GeometryConfig {
+        permutations: flag(&args, "--permutations", defaults.permutations)?,
+        bootstrap: flag(&args, "--bootstrap", defaults.bootstrap)?,
+        components: flag(&args, "--components", defaults.components)?,
+        ..defaults
+    };
+    let layers: Vec<usize> = [7, 14, 20, 21, 27].into_iter().take(layer_count).collect();
+    let checkpoints: Vec<String> = [
+        "base",
+        "E0_assistant",
+        "E1_paramedic",
+        "E2_kindergarten_teacher",
+        "E3_french_person",
+        "E4_villain",
+        "benign_sft",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let design = SyntheticDesign {
+        seed: 42,
+        personas: 12,
+        questions,
+        hidden,
+        layers: layers.clone(),
+        methods: vec!["A".into(), "B".into()],
+        checkpoints: checkpoints.clone(),
+        collapse: 0.3,
+        benign_fraction: 0.6,
+        persona_scale: 0.08,
+        method_b_missing: 0.05,
+        axis_persona: 0,
+    };
+    let generate_start = Instant::now();
+    let methods: Vec<MethodActivations> = generate(&design)
+        .into_iter()
+        .map(|(method, checkpoints)| MethodActivations { method, checkpoints })
+        .collect();
+    let generate_s = generate_start.elapsed().as_secs_f64();
+    let input = GeometryInput {
+        base: "base".into(),
+        conditions: checkpoints[1..6].to_vec(),
+        cos_to_assistant: vec![1.0, 0.9, 0.8, 0.7, 0.6],
+        benign: Some("benign_sft".into()),
+        axis_persona: "persona_0".into(),
+        methods,
+    };
+    let start = Instant::now();
+    let out = compute(&input, &config).map_err(|e| e.to_string())?;
+    let seconds = start.elapsed().as_secs_f64();
+    let m3 = &out.summary.m3_accuracy["A"][&layers[0].to_string()];
+    let report = serde_json::json!({
+        "benchmark": "geometry family (M1, M2, M3 + nulls + bootstrap, 3 families)",
+        "seconds": seconds,
+        "generate_seconds": generate_s,
+        "machine": cpu_model(),
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "sizes": {
+            "checkpoints": checkpoints.len(), "methods": 2, "layers": layers.len(), "personas": 12,
+            "questions": questions, "hidden": hidden,
+        },
+        "settings": {
+            "permutations": config.permutations, "bootstrap": config.bootstrap,
+            "cv_folds": config.cv_folds, "pca_components": config.components,
+            "pca_power_iterations": config.power_iterations, "lda_shrinkage": config.shrinkage,
+        },
+        "cells": {
+            "geometry_em_pre_post": out.em_pre_post.len(),
+            "geometry_benign_pre_post": out.benign_pre_post.len(),
+            "geometry_em_vs_benign": out.em_vs_benign.len(),
+        },
+        "sample": { "m3_accuracy_A_first_layer": m3 },
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
