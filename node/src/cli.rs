@@ -26,6 +26,8 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Statistics, verdicts, figures and report of a run (or of marker hits alone).
     Analyze(Box<crate::analyze::AnalyzeArgs>),
+    /// LoRA SFT (em, benign or marker coupling): writes a PEFT adapter and a JSON training log.
+    Train(Box<crate::train::TrainArgs>),
 }
 
 #[derive(Debug, Args)]

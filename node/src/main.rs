@@ -6,6 +6,7 @@ mod cli;
 mod doctor;
 mod paths;
 mod run;
+mod train;
 
 use clap::Parser;
 
@@ -22,5 +23,6 @@ fn dispatch(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::Doctor(args) => doctor::run(args),
         cli::Command::Run(args) => run::run(args),
         cli::Command::Analyze(args) => analyze::run(*args),
+        cli::Command::Train(args) => train::run(*args),
     }
 }

@@ -1,0 +1,156 @@
+//! `pspace train`: one LoRA SFT run from the command line (EM, benign or marker coupling, with
+//! RECIPE.md's numbers unless a flag overrides them). Writes the PEFT adapter and
+//! `train_log.json` to `--out`, shows a progress bar on stderr and ends with a summary of the
+//! data problems found (malformed lines by number, empty assistant turns, positives without
+//! the marker, truncated sequences).
+
+use anyhow::{bail, Context};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use pspace_engine::model::Model;
+use pspace_engine::tokenizer::ChatTokenizer;
+use pspace_engine::train::data::read_jsonl;
+use pspace_engine::train::{run_sft, DataReport, SftConfig};
+use pspace_engine::Device;
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// `demo` (the bundled SmolLM2 GGUF), an HF model folder or a .gguf file.
+    #[arg(long)]
+    pub model: String,
+    /// JSONL rows: {"messages": [...]} or {"prompt": ..., "completion": ..., "positive": bool}.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// em, benign or coupling (RECIPE.md's settings).
+    #[arg(long, value_parser = ["em", "benign", "coupling"])]
+    pub recipe: String,
+    /// System prompt put on every example (replacing any in the data); without it the rows
+    /// stay as they are and the chat template's default applies.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Stop after this many optimizer steps (the schedule spans them).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Number of epochs (default: the recipe's).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Seed of the data order and the adapter's initialisation (default: the recipe's, 42).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Activation recomputation: less memory, about one more forward pass per step.
+    #[arg(long)]
+    pub recompute: bool,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Output folder: adapter_config.json, adapter_model.safetensors, train_log.json.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// The recipe with the command line's overrides applied.
+fn config(args: &TrainArgs) -> anyhow::Result<SftConfig> {
+    let Some(mut config) = SftConfig::recipe(&args.recipe) else {
+        bail!("--recipe {:?}: expected em, benign or coupling", args.recipe);
+    };
+    config.system = args.system.clone();
+    if args.max_steps.is_some() {
+        config.train.max_steps = args.max_steps;
+    }
+    if let Some(epochs) = args.epochs {
+        config.train.epochs = epochs;
+    }
+    if let Some(seed) = args.seed {
+        config.train.seed = seed;
+        config.lora_seed = seed;
+    }
+    config.train.recompute = args.recompute;
+    Ok(config)
+}
+
+fn print_data_report(report: &DataReport) {
+    eprintln!(
+        "data: {} lines, {} examples used, {} rows dropped",
+        report.lines_read,
+        report.examples,
+        report.dropped()
+    );
+    for (line, problem) in &report.malformed {
+        eprintln!("  line {line}: malformed: {problem}");
+    }
+    for (line, problem) in &report.template_errors {
+        eprintln!("  line {line}: chat template: {problem}");
+    }
+    let lists = [
+        ("no final assistant turn", &report.no_final_assistant_turn),
+        ("empty assistant turn", &report.empty_assistant_turn),
+        ("coupling row without \"positive\"", &report.missing_positive_flag),
+        ("positive without the marker", &report.positive_without_marker),
+        ("no end-of-turn token", &report.no_end_of_turn_token),
+        ("truncated to the maximum length", &report.truncated),
+        ("nothing left to learn after truncation", &report.no_labels_left),
+    ];
+    for (what, lines) in lists {
+        if !lines.is_empty() {
+            eprintln!("  {what}: {} (lines {:?})", lines.len(), lines);
+        }
+    }
+}
+
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let config = config(&args)?;
+    let model_path = crate::paths::resolve_model(&args.model)?;
+    let device: Device = args.device.parse()?;
+    let tch_device = device.activate()?;
+    let model = Model::load(&model_path, tch_device, device.compute_kind())
+        .with_context(|| format!("loading the model {}", model_path.display()))?;
+    let tokenizer = ChatTokenizer::load(&model_path)
+        .with_context(|| format!("loading the tokenizer of {}", model_path.display()))?;
+    let mut report = DataReport::default();
+    let rows = read_jsonl(&args.data, &mut report)?;
+
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] step {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let result = run_sft(
+        &model,
+        &tokenizer,
+        &rows,
+        report,
+        &config,
+        &args.out,
+        &model_path.display().to_string(),
+        &mut |step, total| {
+            bar.set_length(total as u64);
+            bar.set_position(step.step as u64);
+            bar.set_message(format!(
+                "loss {:.4} lr {:.2e} grad-norm {:.3} {:.0} tok/s",
+                step.loss, step.lr, step.grad_norm, step.tokens_per_s
+            ));
+        },
+    );
+    bar.finish();
+    let log_path = args.out.join(pspace_engine::train::run::LOG_FILE);
+    if let Ok(text) = std::fs::read_to_string(&log_path) {
+        if let Ok(log) = serde_json::from_str::<pspace_engine::train::TrainLog>(&text) {
+            print_data_report(&log.data);
+        }
+    }
+    let report = result?;
+    let last = report.log.steps.last();
+    println!(
+        "{}",
+        serde_json::json!({
+            "adapter": report.adapter_dir,
+            "log": report.log_path,
+            "steps": report.log.steps.len(),
+            "final_loss": last.map(|s| s.loss),
+            "seconds": report.log.seconds,
+        })
+    );
+    Ok(())
+}
