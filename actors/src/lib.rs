@@ -7,6 +7,9 @@
 pub mod activations;
 pub mod coupling;
 pub mod data;
+pub mod local;
 pub mod spec;
+pub mod stages;
 pub mod store;
 pub mod task;
+pub mod training;
