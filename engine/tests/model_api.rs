@@ -143,8 +143,13 @@ fn an_adapter_delta_equals_merging_it_into_the_weight() {
             "{proj:?}@{layer}: the adapter changed nothing"
         );
         assert!(max_abs_diff(&with_adapter.hidden[&3], &merged_out.hidden[&3]) < 1e-4);
-        // Untouched weights are shared, the touched one is new; the base is unchanged.
-        let other = if proj == Proj::Up { Proj::Down } else { Proj::Up };
+        // Weights outside the touched group are shared, the touched one is new.
+        // (Q/K/V and Gate/Up are fused, so a touched projection's partners are copied too.)
+        let other = if matches!(proj, Proj::Gate | Proj::Up | Proj::Down) {
+            Proj::Q
+        } else {
+            Proj::Down
+        };
         assert_eq!(
             merged.projection_weight(layer, other).data_ptr(),
             model.projection_weight(layer, other).data_ptr()

@@ -120,11 +120,12 @@ fn assemble(
                 },
             );
         }
-        layers.push(LayerWeights {
-            input_norm: take(&format!("{p}.input_layernorm.weight")),
-            post_attention_norm: take(&format!("{p}.post_attention_layernorm.weight")),
+        layers.push(LayerWeights::new(
+            take(&format!("{p}.input_layernorm.weight")),
+            take(&format!("{p}.post_attention_layernorm.weight")),
             proj,
-        });
+            None,
+        ));
     }
     let embed = take("model.embed_tokens.weight");
     let final_norm = take("model.norm.weight");

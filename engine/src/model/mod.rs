@@ -157,7 +157,66 @@ impl Linear {
 pub(crate) struct LayerWeights {
     pub input_norm: Tensor,
     pub post_attention_norm: Tensor,
+    /// Every projection; the weights of Q, K, V and of Gate, Up are views into `qkv` and
+    /// `gate_up`, so they cost no extra memory.
     pub proj: BTreeMap<Proj, Linear>,
+    /// [q_out + 2 kv_out, H]: one matmul instead of three (a decode step is bound by how many
+    /// ops it launches, not by arithmetic).
+    pub qkv: Linear,
+    /// [2 I, H]
+    pub gate_up: Linear,
+}
+
+impl LayerWeights {
+    /// Fuses Q/K/V and Gate/Up. A fused group whose weights are all those of `previous` (same
+    /// storage) is shared with it instead of being copied.
+    pub(crate) fn new(
+        input_norm: Tensor,
+        post_attention_norm: Tensor,
+        mut proj: BTreeMap<Proj, Linear>,
+        previous: Option<&LayerWeights>,
+    ) -> LayerWeights {
+        let _guard = tch::no_grad_guard();
+        let mut fuse = |group: &[Proj], previous_fused: Option<&Linear>| -> Linear {
+            let unchanged = previous.is_some_and(|prev| {
+                group
+                    .iter()
+                    .all(|p| prev.proj[p].weight.data_ptr() == proj[p].weight.data_ptr())
+            });
+            let fused = match previous_fused.filter(|_| unchanged) {
+                Some(f) => Linear {
+                    weight: f.weight.shallow_clone(),
+                    bias: f.bias.as_ref().map(Tensor::shallow_clone),
+                },
+                None => {
+                    let weights: Vec<&Tensor> = group.iter().map(|p| &proj[p].weight).collect();
+                    let biases: Option<Vec<&Tensor>> = group.iter().map(|p| proj[p].bias.as_ref()).collect();
+                    Linear {
+                        weight: Tensor::cat(&weights, 0),
+                        bias: biases.map(|b| Tensor::cat(&b, 0)),
+                    }
+                }
+            };
+            let mut start = 0;
+            for p in group {
+                let rows = proj[p].weight.size()[0];
+                let lin = proj.get_mut(p).expect("every projection is present");
+                lin.weight = fused.weight.narrow(0, start, rows);
+                lin.bias = fused.bias.as_ref().map(|b| b.narrow(0, start, rows));
+                start += rows;
+            }
+            fused
+        };
+        let qkv = fuse(&[Proj::Q, Proj::K, Proj::V], previous.map(|p| &p.qkv));
+        let gate_up = fuse(&[Proj::Gate, Proj::Up], previous.map(|p| &p.gate_up));
+        LayerWeights {
+            input_norm,
+            post_attention_norm,
+            proj,
+            qkv,
+            gate_up,
+        }
+    }
 }
 
 pub struct Model {
@@ -191,11 +250,23 @@ fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
     weight * normed
 }
 
-fn rotate_half(x: &Tensor) -> Tensor {
-    let half = x.size()[3] / 2;
-    let x1 = x.narrow(3, 0, half);
-    let x2 = x.narrow(3, half, half);
-    Tensor::cat(&[-x2, x1], 3)
+/// Rotary embedding of x [B, T, heads, head_dim] as HF computes it, x cos + rotate_half(x) sin,
+/// with rotate_half's sign folded into `sin_signed` so it is three ops: (x2, x1) is one cat.
+fn apply_rotary(x: &Tensor, cos: &Tensor, sin_signed: &Tensor) -> Tensor {
+    let last = x.dim() as i64 - 1;
+    let half = x.size()[last as usize] / 2;
+    let swapped = Tensor::cat(&[x.narrow(last, half, half), x.narrow(last, 0, half)], last);
+    (x * cos).addcmul(&swapped, sin_signed)
+}
+
+/// `x + a W^T` as one op for [B, T, *] activations.
+fn add_linear(x: &Tensor, a: &Tensor, weight: &Tensor) -> Tensor {
+    let size = x.size();
+    let rows = size[..size.len() - 1].iter().product::<i64>();
+    let a2 = a.reshape([rows, *a.size().last().unwrap_or(&0)]);
+    x.reshape([rows, *size.last().unwrap_or(&0)])
+        .addmm(&a2, &weight.tr())
+        .view(size.as_slice())
 }
 
 impl Model {
@@ -244,17 +315,16 @@ impl Model {
     }
 
     /// A model whose projection weights are `W + f(layer, proj)` where f returns a delta
-    /// [out, in]; every untouched tensor is shared with `self`.
+    /// [out, in]. Tensors are shared with `self` except in a fused group (Q/K/V, Gate/Up) with
+    /// a delta, which is rebuilt whole.
     pub fn with_merged_deltas(&self, f: impl Fn(usize, Proj) -> Option<Tensor>) -> Model {
         let _guard = tch::no_grad_guard();
         let layers = self
             .layers
             .iter()
             .enumerate()
-            .map(|(i, l)| LayerWeights {
-                input_norm: l.input_norm.shallow_clone(),
-                post_attention_norm: l.post_attention_norm.shallow_clone(),
-                proj: l
+            .map(|(i, l)| {
+                let proj = l
                     .proj
                     .iter()
                     .map(|(&p, lin)| {
@@ -270,7 +340,13 @@ impl Model {
                             },
                         )
                     })
-                    .collect(),
+                    .collect();
+                LayerWeights::new(
+                    l.input_norm.shallow_clone(),
+                    l.post_attention_norm.shallow_clone(),
+                    proj,
+                    Some(l),
+                )
             })
             .collect();
         Model::from_parts(
@@ -295,13 +371,17 @@ impl Model {
         h.matmul(&self.lm_head.as_ref().unwrap_or(&self.embed).tr())
     }
 
-    /// Rotary cos/sin [B, 1, T, head_dim] for positions [B, T].
+    /// Rotary cos and sign-folded sin [B, T, 1, head_dim] for positions [B, T] (see
+    /// `apply_rotary`).
     fn rotary(&self, positions: &Tensor) -> (Tensor, Tensor) {
         let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
         let emb = Tensor::cat(&[&freqs, &freqs], -1);
+        let half = self.config.head_dim as i64 / 2;
+        let sin = emb.sin();
+        let sin_signed = Tensor::cat(&[-sin.narrow(-1, 0, half), sin.narrow(-1, half, half)], -1);
         (
-            emb.cos().to_kind(self.kind).unsqueeze(1),
-            emb.sin().to_kind(self.kind).unsqueeze(1),
+            emb.cos().to_kind(self.kind).unsqueeze(2),
+            sin_signed.to_kind(self.kind).unsqueeze(2),
         )
     }
 
@@ -313,7 +393,7 @@ impl Model {
         let positions = (mask_l.cumsum(1, Kind::Int64) - 1)
             .clamp_min(0)
             .narrow(1, past, new_tokens);
-        let (cos, sin) = self.rotary(&positions);
+        let (cos, sin_signed) = self.rotary(&positions);
         // Without a cache, rows whose real tokens form a prefix (no padding, or right padding)
         // need nothing beyond the causal mask: a real query only sees earlier, real keys. Those
         // use the flash kernel's built-in causal mask.
@@ -341,9 +421,10 @@ impl Model {
         };
         AttentionContext {
             cos,
-            sin,
+            sin_signed,
             mask,
-            blocked: std::sync::OnceLock::new(),
+            kind: self.kind,
+            additive: std::sync::OnceLock::new(),
         }
     }
 
@@ -365,19 +446,42 @@ impl Model {
             cfg.num_key_value_heads as i64,
             cfg.head_dim as i64,
         );
-        let project = |p: Proj, input: &Tensor| {
-            let y = l.proj[&p].forward(input);
-            match adapter.and_then(|a| a.delta(index, p, input, train)) {
-                Some(d) => y + d,
-                None => y,
+        let delta = |p: Proj, input: &Tensor| adapter.and_then(|a| a.delta(index, p, input, train));
+        // Adds the adapter's outputs (if any) to a fused projection's output.
+        let with_deltas = |y: Tensor, group: &[Proj], input: &Tensor| -> Tensor {
+            let deltas: Vec<Option<Tensor>> = group.iter().map(|&p| delta(p, input)).collect();
+            if deltas.iter().all(Option::is_none) {
+                return y;
             }
+            let parts: Vec<Tensor> = group
+                .iter()
+                .zip(deltas)
+                .map(|(p, d)| {
+                    d.unwrap_or_else(|| {
+                        let mut shape = input.size();
+                        let last = shape.len() - 1;
+                        shape[last] = l.proj[p].weight.size()[0];
+                        Tensor::zeros(shape.as_slice(), (y.kind(), y.device()))
+                    })
+                })
+                .collect();
+            y + Tensor::cat(&parts, -1)
         };
+        let (q_out, kv_out) = (nh * hd, nkv * hd);
         let h = rms_norm(x, &l.input_norm, cfg.rms_norm_eps);
-        let q = project(Proj::Q, &h).view([b, t, nh, hd]).transpose(1, 2);
-        let k = project(Proj::K, &h).view([b, t, nkv, hd]).transpose(1, 2);
-        let v = project(Proj::V, &h).view([b, t, nkv, hd]).transpose(1, 2);
-        let q = &q * &ctx.cos + rotate_half(&q) * &ctx.sin;
-        let k = &k * &ctx.cos + rotate_half(&k) * &ctx.sin;
+        let qkv = with_deltas(l.qkv.forward(&h), &[Proj::Q, Proj::K, Proj::V], &h);
+        // Rotary on the query and key heads together: [B, T, nh + nkv, hd].
+        let qk = apply_rotary(
+            &qkv.narrow(-1, 0, q_out + kv_out).view([b, t, nh + nkv, hd]),
+            &ctx.cos,
+            &ctx.sin_signed,
+        );
+        let q = qk.narrow(2, 0, nh).transpose(1, 2); // [B, nh, T, hd]
+        let k = qk.narrow(2, nh, nkv).transpose(1, 2); // [B, nkv, T, hd]
+        let v = qkv
+            .narrow(-1, q_out + kv_out, kv_out)
+            .view([b, t, nkv, hd])
+            .transpose(1, 2);
         let (k, v, new_cache) = match cache {
             Some(layer_kv) => {
                 let (k, v) = layer_kv.append(&k, &v);
@@ -385,28 +489,32 @@ impl Model {
             }
             None => (k.shallow_clone(), v.shallow_clone(), Some((k, v))),
         };
+        let group = nh / nkv;
         let attn = match &ctx.mask {
             None => {
                 Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, true, None, nkv != nh)
             }
             Some(_) if t <= 8 => {
-                // Decoding: a few query rows against a long cache. Grouped-query attention as two
-                // batched matmuls over [B, kv_heads, group * T, ...], no key copies, few launches.
-                let group = nh / nkv;
-                let qg = q.reshape([b, nkv, group * t, hd]);
-                let blocked = ctx.blocked_for_groups(group);
-                let scores = qg.matmul(&k.transpose(-2, -1)) * (1.0 / (hd as f64).sqrt());
-                let probs = scores
-                    .masked_fill(&blocked, f64::NEG_INFINITY)
-                    .softmax(-1, Kind::Float)
-                    .to_kind(q.kind());
-                probs.matmul(&v).reshape([b, nh, t, hd])
+                // Decoding: a few query rows against a long cache. Grouped-query attention as
+                // batched matmuls over [B * kv_heads, group * T, ...] (no key copies); the
+                // scale and the additive mask ride in the first matmul.
+                let len = k.size()[2];
+                let qg = q.reshape([b * nkv, group * t, hd]);
+                let scores = ctx.additive_mask(group, nkv).baddbmm(
+                    &qg,
+                    &k.reshape([b * nkv, len, hd]).transpose(1, 2),
+                    1.0,
+                    1.0 / (hd as f64).sqrt(),
+                );
+                scores
+                    .softmax(-1, q.kind())
+                    .bmm(&v.reshape([b * nkv, len, hd]))
+                    .view([b, nh, t, hd])
             }
             Some(mask) => {
                 // Grouped-query attention without copying keys: the `group` query heads that
                 // share a kv head become extra query rows of that head, so the masked
                 // (memory-efficient) kernel runs on [B, kv_heads, group * T, head_dim].
-                let group = nh / nkv;
                 let qg = q.reshape([b, nkv, group * t, hd]);
                 let mask = if group > 1 {
                     mask.repeat([1, 1, group, 1])
@@ -419,10 +527,18 @@ impl Model {
             }
         };
         let attn = attn.transpose(1, 2).reshape([b, t, nh * hd]);
-        let x = x + project(Proj::O, &attn);
+        let mut x = add_linear(x, &attn, &l.proj[&Proj::O].weight);
+        if let Some(d) = delta(Proj::O, &attn) {
+            x = &x + d;
+        }
         let h = rms_norm(&x, &l.post_attention_norm, cfg.rms_norm_eps);
-        let gated = project(Proj::Gate, &h).silu() * project(Proj::Up, &h);
-        let out = &x + project(Proj::Down, &gated);
+        let inter = cfg.intermediate_size as i64;
+        let gate_up = with_deltas(l.gate_up.forward(&h), &[Proj::Gate, Proj::Up], &h);
+        let gated = gate_up.narrow(-1, 0, inter).silu() * gate_up.narrow(-1, inter, inter);
+        let mut out = add_linear(&x, &gated, &l.proj[&Proj::Down].weight);
+        if let Some(d) = delta(Proj::Down, &gated) {
+            out = &out + d;
+        }
         (out, new_cache)
     }
 
@@ -469,27 +585,30 @@ impl Model {
 /// Rotary tables and the attention mask of one forward pass, shared by all layers.
 pub struct AttentionContext {
     cos: Tensor,
-    sin: Tensor,
-    /// None: no padding and no cache, use the causal kernel.
+    sin_signed: Tensor,
+    /// [B, 1, T, total], true = may attend. None: no padding and no cache, use the causal kernel.
     mask: Option<Tensor>,
-    /// The complement of `mask` repeated for grouped query rows, made once per forward pass
-    /// (every layer needs the same one).
-    blocked: std::sync::OnceLock<(i64, Tensor)>,
+    kind: Kind,
+    /// `mask` as 0 / -inf in the model's kind, laid out [B * kv_heads, group * T, total] for
+    /// grouped decoding; made once per forward pass (every layer needs the same one).
+    additive: std::sync::OnceLock<Tensor>,
 }
 
 impl AttentionContext {
-    fn blocked_for_groups(&self, group: i64) -> Tensor {
-        let (g, t) = self.blocked.get_or_init(|| {
-            let mask = self.mask.as_ref().map(Tensor::logical_not).unwrap_or_default();
-            let blocked = if group > 1 {
-                mask.repeat([1, 1, group, 1])
-            } else {
-                mask
-            };
-            (group, blocked)
-        });
-        debug_assert_eq!(*g, group);
-        t.shallow_clone()
+    fn additive_mask(&self, group: i64, kv_heads: i64) -> Tensor {
+        self.additive
+            .get_or_init(|| {
+                let allowed = self.mask.as_ref().map(Tensor::shallow_clone).unwrap_or_default();
+                let size = allowed.size(); // [B, 1, T, total]
+                let (b, t, total) = (size[0], size[2], size[3]);
+                let additive = Tensor::zeros(size.as_slice(), (self.kind, allowed.device()))
+                    .masked_fill(&allowed.logical_not(), f64::NEG_INFINITY);
+                additive
+                    .view([b, 1, 1, t, total])
+                    .expand([b, kv_heads, group, t, total], false)
+                    .reshape([b * kv_heads, group * t, total])
+            })
+            .shallow_clone()
     }
 }
 
