@@ -81,19 +81,105 @@ pub fn check(run: &Path, checkpoints: &[String], _personas: &Personas) -> Result
 }
 
 /// Computes the geometry families of a checked run. A run without activation files (allowed
-/// only with `--allow-partial`) has no geometry.
+/// only with `--allow-partial`) has no geometry. With `--allow-partial`, checkpoints that lack
+/// a method file are left out of the geometry (they are already listed as missing).
 pub fn compute(
     run: &GeometryRun,
-    _personas: &Personas,
-    _options: &Options,
+    personas: &Personas,
+    options: &Options,
 ) -> Result<(Option<GeometrySummary>, Vec<Family>), PipelineError> {
+    use crate::geometry::{self, GeometryConfig, GeometryInput};
     if run.files.is_empty() {
         return Ok((None, Vec::new()));
     }
-    Err(PipelineError::Geometry(format!(
-        "{} activation files found, but this build does not yet connect the geometry module (analysis/src/geometry) to `analyze --run`; run `pspace analyze behavior` for the marker hits",
-        run.files.len()
-    )))
+    let geometry_error = |e: geometry::GeometryError| PipelineError::Geometry(e.to_string());
+    let complete: Vec<String> = run
+        .checkpoints
+        .iter()
+        .filter(|c| {
+            run.methods.iter().all(|m| {
+                run.files
+                    .iter()
+                    .any(|(name, _)| *name == format!("activations/{c}/{m}"))
+            })
+        })
+        .cloned()
+        .collect();
+    if !complete.iter().any(|c| c == "base") {
+        return Err(PipelineError::Geometry(
+            "the geometry needs the base checkpoint's activations for every method".into(),
+        ));
+    }
+    let first_condition = personas
+        .conditions
+        .first()
+        .ok_or_else(|| PipelineError::Geometry("the persona file lists no EM conditions".into()))?;
+    if !complete.contains(&first_condition.id) {
+        return Err(PipelineError::Geometry(format!(
+            "the geometry needs the activations of {} (its shift defines the M2 axis)",
+            first_condition.id
+        )));
+    }
+    let conditions: Vec<_> = personas
+        .conditions
+        .iter()
+        .filter(|c| complete.contains(&c.id))
+        .collect();
+    let benign = complete.iter().find(|c| *c == "benign_sft").cloned();
+    let mut order = vec!["base".to_string()];
+    order.extend(conditions.iter().map(|c| c.id.clone()));
+    order.extend(benign.iter().cloned());
+    let files: Vec<(String, String, PathBuf)> = order
+        .iter()
+        .flat_map(|c| {
+            run.methods.iter().map(move |m| {
+                (
+                    c.clone(),
+                    m.clone(),
+                    run.files
+                        .iter()
+                        .find(|(name, _)| *name == format!("activations/{c}/{m}"))
+                        .map(|(_, p)| p.clone())
+                        .unwrap_or_default(),
+                )
+            })
+        })
+        .collect();
+    let methods = geometry::load(&files, &order).map_err(geometry_error)?;
+    let input = GeometryInput {
+        base: "base".into(),
+        conditions: conditions.iter().map(|c| c.id.clone()).collect(),
+        cos_to_assistant: conditions.iter().map(|c| c.cos_to_assistant).collect(),
+        benign,
+        axis_persona: first_condition.induction_persona.clone(),
+        methods,
+    };
+    let config = GeometryConfig {
+        seed: options.behavior.seed,
+        permutations: options.behavior.permutations,
+        ci_level: options.behavior.ci_level,
+        ..GeometryConfig::default()
+    };
+    let out = geometry::compute(&input, &config).map_err(geometry_error)?;
+    let alpha = options.thresholds.fdr_alpha;
+    let mut families = vec![Family::new(
+        crate::families::GEOMETRY_EM_PRE_POST,
+        alpha,
+        out.em_pre_post,
+    )?];
+    if input.benign.is_some() {
+        families.push(Family::new(
+            crate::families::GEOMETRY_BENIGN_PRE_POST,
+            alpha,
+            out.benign_pre_post,
+        )?);
+        families.push(Family::new(
+            crate::families::GEOMETRY_EM_VS_BENIGN,
+            alpha,
+            out.em_vs_benign,
+        )?);
+    }
+    Ok((Some(out.summary), families))
 }
 
 #[cfg(test)]
