@@ -198,7 +198,7 @@ fn our_adapter(model: &Model) -> Lora {
         let n = pair.b.numel() as i64;
         let values = (Tensor::arange(n, (Kind::Float, Device::Cpu)) * 0.7 + layer as f64).sin() * 0.05;
         let mut b = pair.b.shallow_clone();
-        let _ = b.copy_(&values.view(pair.b.size().as_slice()));
+        b.copy_(&values.view(pair.b.size().as_slice()));
     }
     lora
 }
