@@ -12,7 +12,25 @@ use std::str::FromStr;
 use tokenizers::Tokenizer;
 
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN35_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const TEKKEN_SPLIT: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const GPT4O_SPLIT: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The split regex for a `tokenizer.ggml.pre` name: transformers 5.24's
+/// `GGUF_PRE_TOKENIZER_SPLITS`. Any other name keeps GPT-2's own byte-level split (SmolLM2's
+/// "smollm" among them), as transformers does.
+fn split_regex(pre: &str) -> Option<&'static str> {
+    match pre {
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2"
+        | "jina-v5-nano" | "dbrx" | "smaug-bpe" => Some(LLAMA3_SPLIT),
+        "tekken" => Some(TEKKEN_SPLIT),
+        "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" => Some(QWEN2_SPLIT),
+        "qwen35" => Some(QWEN35_SPLIT),
+        "gpt-4o" | "llama4" | "kanana2" | "talkie" | "minimax-m2" => Some(GPT4O_SPLIT),
+        _ => None,
+    }
+}
 
 /// GPT-2's byte -> printable character table.
 fn byte_alphabet() -> Vec<char> {
@@ -67,22 +85,21 @@ pub(super) fn build(g: &GgufFile, tokens: &[&str]) -> Result<Tokenizer, Tokenize
         .and_then(GgufValue::as_array)
         .map(|a| a.iter().map(|v| v.as_i64().unwrap_or(1)).collect())
         .unwrap_or_default();
+    // Control tokens (type 3) become special added tokens, unless spelled outside the byte
+    // alphabet (a llama.cpp mislabel transformers skips); user-defined ones (type 4) become plain
+    // added tokens when the vocabulary has them as spelled.
     let mut added = Vec::new();
     for (i, (t, ty)) in tokens.iter().zip(&types).enumerate() {
         let special = match ty {
             3 if in_alphabet(t) => true,
-            4 => false,
+            4 if vocab.contains_key(*t) => false,
             _ => continue,
         };
         added.push(json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": special}));
     }
     let byte_level =
         json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
-    let split = match g.get_str("tokenizer.ggml.pre") {
-        Some("qwen2" | "deepseek-r1-qwen") => Some(QWEN2_SPLIT),
-        Some("llama3" | "llama-v3" | "llama-bpe" | "smaug-bpe" | "dbrx") => Some(LLAMA3_SPLIT),
-        _ => None,
-    };
+    let split = g.get_str("tokenizer.ggml.pre").and_then(split_regex);
     let pre_tokenizer = match split {
         Some(re) => json!({"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false},
