@@ -33,6 +33,17 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// CPU seconds (user + system) this process has used, from /proc/self/stat (clock ticks of
+/// 1/100 s on Linux); None where that file is unreadable.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after_name = stat.rsplit(')').next()?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let user: f64 = fields.get(11)?.parse().ok()?;
+    let system: f64 = fields.get(12)?.parse().ok()?;
+    Some((user + system) / 100.0)
+}
+
 fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().collect();
     let questions = flag(&args, "--questions", 240)?;
@@ -68,7 +79,7 @@ fn main() -> Result<(), String> {
         checkpoints: checkpoints.clone(),
         collapse: 0.3,
         benign_fraction: 0.6,
-        persona_scale: 0.08,
+        persona_scale: 0.15,
         method_b_missing: 0.05,
         axis_persona: 0,
     };
@@ -86,13 +97,16 @@ fn main() -> Result<(), String> {
         axis_persona: "persona_0".into(),
         methods,
     };
+    let cpu_before = process_cpu_seconds();
     let start = Instant::now();
     let out = compute(&input, &config).map_err(|e| e.to_string())?;
     let seconds = start.elapsed().as_secs_f64();
+    let cpu_seconds = cpu_before.zip(process_cpu_seconds()).map(|(a, b)| b - a);
     let m3 = &out.summary.m3_accuracy["A"][&layers[0].to_string()];
     let report = serde_json::json!({
         "benchmark": "geometry family (M1, M2, M3 + nulls + bootstrap, 3 families)",
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "generate_seconds": generate_s,
         "machine": cpu_model(),
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),

@@ -87,11 +87,15 @@ impl Default for GeometryConfig {
         GeometryConfig {
             seed: 42,
             permutations: 10_000,
-            bootstrap: 1_000,
+            // Each replicate recomputes every centroid from the 3584-dim vectors (12 matrix
+            // products per checkpoint); 200 keeps the full family within the time budget.
+            bootstrap: 200,
             ci_level: 0.95,
             cv_folds: 5,
             shrinkage: 0.1,
-            components: 32,
+            // 12 personas need at most 11 discriminant directions; 16 leaves room while
+            // 10,000 joint-shuffle refits of 7 checkpoints x 10 layers stay affordable.
+            components: 16,
             power_iterations: 1,
             exact_max_n: 16,
         }
