@@ -8,7 +8,8 @@
 //! peak memory is its own. Peak memory is the device memory in use (cudaMemGetInfo: total - free)
 //! after the timed steps; libtorch's caching allocator keeps what it reserved at the peak, so
 //! this is the peak reserved memory plus the CUDA context (HF's figure, max_memory_allocated,
-//! counts allocated tensors only and is a little lower for the same run).
+//! counts allocated tensors only and is a little lower for the same run). `peak_minus_context_gib`
+//! subtracts what the process used before building the model (CUDA context).
 //! Prints ONE JSON line on stdout.
 //!
 //! Usage: bench_train [--device cuda|cpu] [--tiny] [--steps N] [--batch B] [--seq T]
@@ -82,6 +83,11 @@ fn run_mode(device: Device, tiny: bool, recompute: bool) -> serde_json::Value {
     } else {
         ModelConfig::qwen2_5_7b()
     };
+    // The CUDA context exists once a first tensor is on the device; what is used then is not
+    // the training's.
+    let _first = tch::Tensor::zeros([1], (kind, tdev));
+    sync();
+    let context_bytes = cuda_used_bytes();
     let t0 = Instant::now();
     let model = Model::random(&cfg, tdev, kind, 0);
     sync();
@@ -160,6 +166,8 @@ fn run_mode(device: Device, tiny: bool, recompute: bool) -> serde_json::Value {
         "step_s": (dt * 1000.0).round() / 1000.0,
         "peak_used_gib": gib(peak),
         "weights_used_gib": gib(weights_bytes),
+        "context_used_gib": gib(context_bytes),
+        "peak_minus_context_gib": gib(peak.zip(context_bytes).map(|(p, c)| p.saturating_sub(c))),
         "init_s": (init_s * 10.0).round() / 10.0,
         "batch": b,
         "seq": t,
@@ -180,9 +188,10 @@ fn main() {
     // Parent: one child per mode, then one JSON line.
     let exe = std::env::current_exe().expect("the benchmark's own path");
     let passthrough: Vec<String> = std::env::args().skip(1).filter(|a| a != "--child-mode").collect();
+    // The GPU's name is asked for after the children ran: the query makes a CUDA context in
+    // this process, which would count in the children's device-wide memory figures.
     let mut res = serde_json::json!({
         "device": device.to_string(),
-        "gpu": pspace_engine::device::cuda_devices().first().map(|g| g.name.clone()),
         "model": if tiny { "tiny-qwen2" } else { "qwen2.5-7b-shaped" },
         "lora": "r=32 alpha=64 dropout=0.05 q,k,v,o,gate,up,down",
         "peak_memory": "cudaMemGetInfo total-free after the timed steps (caching allocator reserved + CUDA context)",
@@ -212,5 +221,12 @@ fn main() {
         res[format!("train_peak_gib_{key}")] = parsed["peak_used_gib"].clone();
         res[format!("detail_{key}")] = parsed;
     }
+    res["gpu"] = match device {
+        Device::Cpu => serde_json::Value::Null,
+        Device::Cuda(_) => pspace_engine::device::cuda_devices()
+            .first()
+            .map(|g| g.name.clone())
+            .into(),
+    };
     println!("{res}");
 }
