@@ -382,8 +382,9 @@ impl Adapter for Lora {
             x.shallow_clone()
         };
         let a = pair.a.to_kind(kind);
-        let b = pair.b.to_kind(kind);
-        Some(dropped.matmul(&a.tr()).matmul(&b.tr()) * self.scaling)
+        // The scale rides on the small B instead of costing a pass over the [N, out] output.
+        let b = pair.b.to_kind(kind) * self.scaling;
+        Some(dropped.matmul(&a.tr()).matmul(&b.tr()))
     }
 }
 

@@ -1,7 +1,8 @@
 //! The SFT loop: micro-batches through the model with the LoRA adapter, the loss summed over
-//! the label tokens of the whole optimizer step and divided by their number (what HF's Trainer
-//! does with gradient accumulation since it passes `num_items_in_batch`), global-norm clipping,
-//! AdamW and the schedule.
+//! the label tokens of the whole optimizer step and divided by their number, global-norm
+//! clipping, AdamW and the schedule. That loss is HF's Trainer's with gradient accumulation
+//! (transformers 5.24: `get_batch_samples` counts `labels[..., 1:] != -100` over the step's
+//! micro-batches and passes it as `num_items_in_batch` to the model's summed cross-entropy).
 //!
 //! Activation recomputation (tch has no `checkpoint()`): the forward runs layer by layer without
 //! a graph, keeping only each layer's input; the loss is differentiated with respect to the last
@@ -185,8 +186,9 @@ impl<'a> Trainer<'a> {
     }
 
     /// Forward and backward of one micro-batch, the loss scaled by `scale`; returns the
-    /// unscaled loss sum.
-    fn micro_step(&self, batch: &Batch, scale: f64) -> Result<f64, tch::TchError> {
+    /// unscaled loss sum, still on the device (reading it would wait for the GPU; the step reads
+    /// all of them once its last micro-batch is queued).
+    fn micro_step(&self, batch: &Batch, scale: f64) -> Result<Tensor, tch::TchError> {
         let model = self.model;
         let adapter: &dyn Adapter = self.lora;
         let t = batch.input_ids.size()[1];
@@ -200,7 +202,7 @@ impl<'a> Trainer<'a> {
             }
             let loss = self.loss_sum(&x, batch);
             (&loss * scale).f_backward()?;
-            return Ok(loss.double_value(&[]));
+            return Ok(loss.detach());
         }
         let mut inputs = Vec::with_capacity(layers);
         if self.dropout {
@@ -217,7 +219,7 @@ impl<'a> Trainer<'a> {
         let top = top.detach().set_requires_grad(true);
         let loss = self.loss_sum(&top, batch);
         (&loss * scale).f_backward()?;
-        let loss_value = loss.double_value(&[]);
+        let loss_value = loss.detach();
         let mut grad_out = top.grad();
         drop(top);
         if self.dropout {
@@ -249,19 +251,21 @@ impl<'a> Trainer<'a> {
             return Err(TrainError::NoLabelTokens { step: step_no });
         }
         let scale = 1.0 / label_tokens as f64;
-        let mut loss_sum = 0.0;
+        let mut losses = Vec::with_capacity(micro_batches.len());
         for batch in micro_batches {
             if batch.label_tokens == 0 {
                 continue;
             }
-            loss_sum += self
+            let loss = self
                 .micro_step(batch, scale)
                 .map_err(|source| TrainError::Torch {
                     step: step_no,
                     source,
                 })?;
+            losses.push(loss);
         }
         self.lora.forget_dropout_masks();
+        let loss_sum: f64 = losses.iter().map(|l: &Tensor| l.double_value(&[])).sum();
         let loss = loss_sum / label_tokens as f64;
         let grad = self.lora.flat_grad();
         self.lora.zero_grad();
@@ -488,20 +492,20 @@ mod tests {
         }
         let trainer = Trainer::new(&model, &l, config(true), 4);
         let batch = Batch::from_examples(&[&ex[0], &ex[1], &ex[2]], 0, 8, tch::Device::Cpu);
-        let loss_recomputed = trainer.micro_step(&batch, 1.0).unwrap();
+        let loss_recomputed = trainer.micro_step(&batch, 1.0).unwrap().double_value(&[]);
         let grads_recomputed: Vec<Tensor> = l.parameters().iter().map(|p| p.grad().copy()).collect();
         l.zero_grad();
         // The plain path with the same masks (replayed) must give the same loss and gradients.
         l.set_dropout_mode(DropoutMode::Replay);
         let plain = Trainer::new(&model, &l, config(false), 4);
-        let loss_plain = plain.micro_step(&batch, 1.0).unwrap();
+        let loss_plain = plain.micro_step(&batch, 1.0).unwrap().double_value(&[]);
         assert!((loss_plain - loss_recomputed).abs() < 1e-4 * loss_plain.abs());
         for (p, g) in l.parameters().iter().zip(&grads_recomputed) {
             assert!(p.grad().allclose(g, 1e-4, 1e-6, false), "gradients differ");
         }
         // And fresh masks would have changed the loss (the test can fail).
         l.set_dropout_mode(DropoutMode::Fresh);
-        let loss_fresh = plain.micro_step(&batch, 1.0).unwrap();
+        let loss_fresh = plain.micro_step(&batch, 1.0).unwrap().double_value(&[]);
         assert!((loss_fresh - loss_plain).abs() > 1e-6);
     }
 
