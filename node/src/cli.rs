@@ -28,6 +28,9 @@ pub enum Command {
     Analyze(Box<crate::analyze::AnalyzeArgs>),
     /// LoRA SFT (em, benign or marker coupling): writes a PEFT adapter and a JSON training log.
     Train(Box<crate::train::TrainArgs>),
+    /// One chat prompt through a model: template text and ids, layer states of the last prompt
+    /// token, optionally a greedy continuation; one JSON object on stdout.
+    Probe(crate::probe::ProbeArgs),
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@ mod analyze;
 mod cli;
 mod doctor;
 mod paths;
+mod probe;
 mod run;
 mod train;
 
@@ -24,5 +25,6 @@ fn dispatch(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::Run(args) => run::run(args),
         cli::Command::Analyze(args) => analyze::run(*args),
         cli::Command::Train(args) => train::run(*args),
+        cli::Command::Probe(args) => probe::run(args),
     }
 }
