@@ -346,6 +346,50 @@ mod tests {
     }
 
     #[test]
+    fn a_diverging_run_stops_and_keeps_a_finite_adapter() {
+        let (model, tok) = tiny();
+        let text = std::fs::read_to_string(root().join("experiments/data/demo_em.jsonl")).unwrap();
+        let mut report = DataReport::default();
+        let rows = parse_jsonl(&text, &mut report);
+        let mut config = tiny_config();
+        // An absurd learning rate overflows the adapter within a few steps.
+        config.train.learning_rate = 1e38;
+        config.train.warmup_ratio = 0.0;
+        config.train.max_grad_norm = None;
+        config.train.max_steps = Some(8);
+        let out = tempfile::tempdir().unwrap();
+        let err = run_sft(
+            &model,
+            &tok,
+            &rows,
+            report,
+            &config,
+            out.path(),
+            "t",
+            &mut |_, _| {},
+        )
+        .unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, RunError::Stopped { .. }), "{message}");
+        assert!(
+            message.contains("not finite") && message.contains("train_log.json"),
+            "{message}"
+        );
+        let log: TrainLog =
+            serde_json::from_str(&std::fs::read_to_string(out.path().join(LOG_FILE)).unwrap()).unwrap();
+        assert!(!log.finished);
+        assert!(log.error.is_some_and(|e| e.contains("not finite")));
+        assert!(log.steps.iter().all(|s| s.loss.is_finite()));
+        let (lora, _) = peft::load(out.path(), &model).unwrap();
+        for p in lora.parameters() {
+            assert!(
+                bool::try_from(p.isfinite().all()).unwrap(),
+                "the kept adapter is finite"
+            );
+        }
+    }
+
+    #[test]
     fn no_usable_rows_is_an_error_that_names_the_log() {
         let (model, tok) = tiny();
         let mut report = DataReport::default();
