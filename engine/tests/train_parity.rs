@@ -1,6 +1,7 @@
 //! Training parity with Python PEFT + PyTorch on the tiny Qwen2 fixture (f32, CPU), against the
 //! fixtures of `scripts/fixtures/make_train_fixtures.py`:
-//! - from PEFT's own initial adapter and the same batches, 10 optimizer steps give the reference
+//! - from PEFT's own initial adapter and the same batches, 10 optimizer steps (with and without
+//!   activation recomputation) give the reference
 //!   run's losses, learning rates and gradient norms (1e-4 relative), and its final adapter;
 //! - we load PEFT's trained adapter and get PEFT's logits;
 //! - PEFT loads an adapter written by this code (`train_ours_adapter/`) and gets our logits.
@@ -81,6 +82,15 @@ fn read_json(path: &Path) -> serde_json::Value {
 
 #[test]
 fn ten_steps_match_peft_and_pytorch_adamw() {
+    parity_run(false);
+}
+
+#[test]
+fn ten_steps_with_activation_recomputation_match_too() {
+    parity_run(true);
+}
+
+fn parity_run(recompute: bool) {
     let fx = fixtures();
     let meta = read_json(&fx.join("train_parity.json"));
     let hp = &meta["hyper"];
@@ -106,7 +116,7 @@ fn ten_steps_match_peft_and_pytorch_adamw() {
         epochs: 1,
         max_steps: Some(steps),
         seed: 0,
-        recompute: false,
+        recompute,
         pad_multiple: hp["pad_multiple"].as_u64().unwrap() as usize,
     };
     let mut trainer = Trainer::new(&model, &lora, config, steps);
