@@ -4,7 +4,7 @@
 //! to the same ids and decode to the same strings, and plain texts must get the same ids, byte
 //! offsets and marker tokens.
 
-use pspace_engine::tokenizer::{ChatMessage, ChatTokenizer};
+use pspace_engine::tokenizer::{ChatMessage, ChatTemplate, ChatTokenizer, SpecialTokens};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -14,6 +14,20 @@ struct Fixture {
     marker: String,
     tiny_qwen2: Expected,
     smollm2_gguf: Expected,
+    template_special_tokens: std::collections::BTreeMap<String, String>,
+    templates: Vec<TemplateCase>,
+}
+
+/// A template rendered by transformers with SmolLM2's special tokens: its text, or the message
+/// of the exception it raised.
+#[derive(Deserialize)]
+struct TemplateCase {
+    template: String,
+    source: String,
+    messages: Vec<ChatMessage>,
+    add_generation_prompt: bool,
+    text: Option<String>,
+    error: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -168,4 +182,42 @@ fn qwen25_inserts_its_default_system_prompt_only_without_a_system_message() {
     let text = tok.render(&[system, user], false).unwrap();
     assert!(!text.contains("Qwen"), "{text}");
     assert_eq!(tok.stop_token_ids(), vec![2, 0]);
+}
+
+#[test]
+fn templates_render_as_jinja2_renders_them_in_transformers() {
+    let f = fixture();
+    let token = |name: &str| f.template_special_tokens.get(name).cloned();
+    let special = SpecialTokens {
+        bos_token: token("bos_token"),
+        eos_token: token("eos_token"),
+        unk_token: token("unk_token"),
+        pad_token: token("pad_token"),
+    };
+    assert!(f.templates.len() >= 40);
+    let mut mismatches = Vec::new();
+    for case in &f.templates {
+        let label = format!(
+            "{} {} messages (add_generation_prompt={})",
+            case.template,
+            case.messages.len(),
+            case.add_generation_prompt
+        );
+        let ours = ChatTemplate::new(&case.source, &case.template)
+            .and_then(|t| t.render(&case.messages, case.add_generation_prompt, &special));
+        match (&ours, &case.text, &case.error) {
+            (Ok(text), Some(want), _) if text == want => {}
+            (Err(e), None, Some(want)) if e.to_string().contains(want.as_str()) => {}
+            _ => mismatches.push(format!(
+                "{label}\n  ours {ours:?}\n  HF   {:?}",
+                case.text.as_ref().ok_or(&case.error)
+            )),
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} mismatches:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
 }

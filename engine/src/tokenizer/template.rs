@@ -9,7 +9,7 @@
 
 use super::{ChatMessage, TokenizerError};
 use minijinja::value::{Kwargs, ValueKind};
-use minijinja::{Environment, Error, ErrorKind, Value};
+use minijinja::{Environment, Error, ErrorKind, Output, State, Value};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -48,6 +48,7 @@ impl ChatTemplate {
             strftime_utc(&format, std::time::SystemTime::now())
         });
         env.add_filter("tojson", python_tojson);
+        env.set_formatter(python_formatter);
         env.add_template_owned("chat_template", source.to_string())
             .map_err(|e| TokenizerError::Template {
                 origin: origin.to_string(),
@@ -88,6 +89,81 @@ impl ChatTemplate {
         }
         template.render(vars).map_err(err)
     }
+}
+
+/// Prints values as jinja2 does, through Python's `str()`: `True`/`False`/`None` and Python
+/// list and dict reprs (minijinja's default writes `true`, `none`, JSON-like lists).
+fn python_formatter(out: &mut Output, state: &State, value: &Value) -> Result<(), Error> {
+    match value.kind() {
+        ValueKind::Bool | ValueKind::None | ValueKind::Seq | ValueKind::Iterable | ValueKind::Map => {
+            let mut text = String::new();
+            python_repr(value, &mut text)?;
+            out.write_str(&text)?;
+            Ok(())
+        }
+        _ => minijinja::escape_formatter(out, state, value),
+    }
+}
+
+/// Python's `repr()` of a value (`str()` for the outermost non-string value).
+fn python_repr(value: &Value, out: &mut String) -> Result<(), Error> {
+    match value.kind() {
+        ValueKind::Undefined | ValueKind::None => out.push_str("None"),
+        ValueKind::Bool => out.push_str(if value.is_true() { "True" } else { "False" }),
+        ValueKind::String => {
+            let s = value.as_str().unwrap_or_default();
+            // Python quotes with ' unless the text has ' and no ".
+            let quote = if s.contains('\'') && !s.contains('"') {
+                '"'
+            } else {
+                '\''
+            };
+            out.push(quote);
+            for c in s.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    '\t' => out.push_str("\\t"),
+                    c if c == quote => {
+                        out.push('\\');
+                        out.push(c);
+                    }
+                    c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                        let _ = write!(out, "\\x{:02x}", c as u32);
+                    }
+                    c => out.push(c),
+                }
+            }
+            out.push(quote);
+        }
+        ValueKind::Seq | ValueKind::Iterable => {
+            out.push('[');
+            for (i, item) in value.try_iter()?.enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                python_repr(&item, out)?;
+            }
+            out.push(']');
+        }
+        ValueKind::Map => {
+            out.push('{');
+            for (i, key) in value.try_iter()?.enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                python_repr(&key, out)?;
+                out.push_str(": ");
+                python_repr(&value.get_item(&key)?, out)?;
+            }
+            out.push('}');
+        }
+        _ => {
+            let _ = write!(out, "{value}");
+        }
+    }
+    Ok(())
 }
 
 /// Python's `json.dumps(value, ensure_ascii=..., indent=..., separators=..., sort_keys=...)`, which
