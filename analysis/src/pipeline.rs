@@ -225,11 +225,12 @@ pub fn analyze_run(
     for (name, path) in &geometry_run.files {
         fingerprint(&mut records, name.clone(), path)?;
     }
+    let activations = crate::run_geometry::load(&geometry_run, &personas)?;
 
     let behavior = match &hits {
         Some(hits) => Some(behavior::analyze(hits, &personas, &options.behavior)?),
         None => None,
     };
-    let (summary, families) = crate::run_geometry::compute(&geometry_run, &personas, options)?;
+    let (summary, families) = crate::run_geometry::compute(activations, &personas, options)?;
     assemble(behavior, summary, families, records, missing, options)
 }

@@ -3,6 +3,7 @@
 //! turning the geometry module's per-cell tests into the three geometry families.
 
 use crate::families::Family;
+use crate::geometry::MethodActivations;
 use crate::input::Personas;
 use crate::pipeline::{Options, PipelineError};
 use crate::result::GeometrySummary;
@@ -13,6 +14,8 @@ use std::path::{Path, PathBuf};
 pub struct GeometryRun {
     /// (input name, path) of every activation file.
     pub files: Vec<(String, PathBuf)>,
+    /// (checkpoint, method, path) of every activation file, for the geometry loader.
+    pub entries: Vec<(String, String, PathBuf)>,
     /// Extraction methods present (file stems of the base checkpoint).
     pub methods: Vec<String>,
     /// Checkpoints present.
@@ -64,10 +67,11 @@ pub fn check(run: &Path, checkpoints: &[String], _personas: &Personas) -> Result
         }
         for method in &methods {
             if these.contains(method) {
-                found.files.push((
-                    format!("activations/{checkpoint}/{method}"),
-                    dir.join(format!("{method}.safetensors")),
-                ));
+                let path = dir.join(format!("{method}.safetensors"));
+                found
+                    .files
+                    .push((format!("activations/{checkpoint}/{method}"), path.clone()));
+                found.entries.push((checkpoint.clone(), method.clone(), path));
             } else {
                 found.missing.push(format!(
                     "checkpoint {checkpoint}: no {method}.safetensors in {}",
@@ -80,106 +84,77 @@ pub fn check(run: &Path, checkpoints: &[String], _personas: &Personas) -> Result
     Ok(found)
 }
 
-/// Computes the geometry families of a checked run. A run without activation files (allowed
-/// only with `--allow-partial`) has no geometry. With `--allow-partial`, checkpoints that lack
-/// a method file are left out of the geometry (they are already listed as missing).
+/// Reads and cross-checks the activation files of a checked run (`pspace_analysis::geometry`
+/// rejects wrong shapes, dtypes, metadata and NaN vectors; here the persona order is checked
+/// against the persona file), before anything is computed. A run
+/// with no activation files, or with some missing (both allowed only with `--allow-partial`,
+/// and then listed among the partial reasons), has no geometry: the geometry compares every
+/// checkpoint of a method with the others, so it is not computed on a subset.
+pub fn load(run: &GeometryRun, personas: &Personas) -> Result<Option<Vec<MethodActivations>>, PipelineError> {
+    if run.files.is_empty() || !run.missing.is_empty() {
+        return Ok(None);
+    }
+    let checkpoints = crate::pipeline::run_checkpoints(personas);
+    let methods = crate::geometry::load(&run.entries, &checkpoints).map_err(geometry_error)?;
+    for method in &methods {
+        for activations in &method.checkpoints {
+            if activations.personas != personas.eval_order {
+                return Err(PipelineError::Geometry(format!(
+                    "activations of checkpoint {} method {}: persona order [{}] differs from the persona file's eval_persona_order [{}]",
+                    activations.checkpoint,
+                    activations.method,
+                    activations.personas.join(", "),
+                    personas.eval_order.join(", ")
+                )));
+            }
+        }
+    }
+    Ok(Some(methods))
+}
+
+fn geometry_error(e: crate::geometry::GeometryError) -> PipelineError {
+    PipelineError::Geometry(e.to_string())
+}
+
+/// Computes the geometry families from loaded activations (see `load`).
 pub fn compute(
-    run: &GeometryRun,
+    loaded: Option<Vec<MethodActivations>>,
     personas: &Personas,
     options: &Options,
 ) -> Result<(Option<GeometrySummary>, Vec<Family>), PipelineError> {
-    use crate::geometry::{self, GeometryConfig, GeometryInput};
-    if run.files.is_empty() {
+    let Some(methods) = loaded else {
         return Ok((None, Vec::new()));
-    }
-    let geometry_error = |e: geometry::GeometryError| PipelineError::Geometry(e.to_string());
-    let complete: Vec<String> = run
-        .checkpoints
-        .iter()
-        .filter(|c| {
-            run.methods.iter().all(|m| {
-                run.files
-                    .iter()
-                    .any(|(name, _)| *name == format!("activations/{c}/{m}"))
-            })
-        })
-        .cloned()
-        .collect();
-    if !complete.iter().any(|c| c == "base") {
-        return Err(PipelineError::Geometry(
-            "the geometry needs the base checkpoint's activations for every method".into(),
-        ));
-    }
-    let first_condition = personas
+    };
+    let axis_persona = personas
         .conditions
         .first()
-        .ok_or_else(|| PipelineError::Geometry("the persona file lists no EM conditions".into()))?;
-    if !complete.contains(&first_condition.id) {
-        return Err(PipelineError::Geometry(format!(
-            "the geometry needs the activations of {} (its shift defines the M2 axis)",
-            first_condition.id
-        )));
-    }
-    let conditions: Vec<_> = personas
-        .conditions
-        .iter()
-        .filter(|c| complete.contains(&c.id))
-        .collect();
-    let benign = complete.iter().find(|c| *c == "benign_sft").cloned();
-    let mut order = vec!["base".to_string()];
-    order.extend(conditions.iter().map(|c| c.id.clone()));
-    order.extend(benign.iter().cloned());
-    let files: Vec<(String, String, PathBuf)> = order
-        .iter()
-        .flat_map(|c| {
-            run.methods.iter().map(move |m| {
-                (
-                    c.clone(),
-                    m.clone(),
-                    run.files
-                        .iter()
-                        .find(|(name, _)| *name == format!("activations/{c}/{m}"))
-                        .map(|(_, p)| p.clone())
-                        .unwrap_or_default(),
-                )
-            })
-        })
-        .collect();
-    let methods = geometry::load(&files, &order).map_err(geometry_error)?;
-    let input = GeometryInput {
+        .map(|c| c.induction_persona.clone())
+        .ok_or_else(|| PipelineError::Geometry("the persona file lists no EM condition".into()))?;
+    let input = crate::geometry::GeometryInput {
         base: "base".into(),
-        conditions: conditions.iter().map(|c| c.id.clone()).collect(),
-        cos_to_assistant: conditions.iter().map(|c| c.cos_to_assistant).collect(),
-        benign,
-        axis_persona: first_condition.induction_persona.clone(),
+        conditions: personas.conditions.iter().map(|c| c.id.clone()).collect(),
+        cos_to_assistant: personas.conditions.iter().map(|c| c.cos_to_assistant).collect(),
+        benign: Some("benign_sft".into()),
+        axis_persona,
         methods,
     };
-    let config = GeometryConfig {
+    let config = crate::geometry::GeometryConfig {
         seed: options.behavior.seed,
         permutations: options.behavior.permutations,
-        ci_level: options.behavior.ci_level,
-        ..GeometryConfig::default()
+        ..crate::geometry::GeometryConfig::default()
     };
-    let out = geometry::compute(&input, &config).map_err(geometry_error)?;
+    let output = crate::geometry::compute(&input, &config).map_err(geometry_error)?;
     let alpha = options.thresholds.fdr_alpha;
-    let mut families = vec![Family::new(
-        crate::families::GEOMETRY_EM_PRE_POST,
-        alpha,
-        out.em_pre_post,
-    )?];
-    if input.benign.is_some() {
-        families.push(Family::new(
+    let families = vec![
+        Family::new(crate::families::GEOMETRY_EM_PRE_POST, alpha, output.em_pre_post)?,
+        Family::new(
             crate::families::GEOMETRY_BENIGN_PRE_POST,
             alpha,
-            out.benign_pre_post,
-        )?);
-        families.push(Family::new(
-            crate::families::GEOMETRY_EM_VS_BENIGN,
-            alpha,
-            out.em_vs_benign,
-        )?);
-    }
-    Ok((Some(out.summary), families))
+            output.benign_pre_post,
+        )?,
+        Family::new(crate::families::GEOMETRY_EM_VS_BENIGN, alpha, output.em_vs_benign)?,
+    ];
+    Ok((Some(output.summary), families))
 }
 
 #[cfg(test)]
