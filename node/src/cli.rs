@@ -6,6 +6,7 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(
     name = "pspace",
+    bin_name = "pspace",
     version,
     about = "Persona-geometry and marker-leakage experiments on fine-tuned language models",
     long_about = "pspace fine-tunes a base model under several system prompts, extracts persona vectors \
@@ -43,6 +44,9 @@ pub struct RunArgs {
     /// Print the task plan and exit without running anything.
     #[arg(long)]
     pub dry_run: bool,
+    /// Store folder for the run's artifacts. Overrides the spec's [experiment].store.
+    #[arg(long)]
+    pub store: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
