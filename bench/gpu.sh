@@ -17,6 +17,7 @@ run_step() { # name, command...
   local t0=$(date +%s)
   "$@" > "$DEST/$name.json.tmp" 2> "$DEST/$name.log" && tail -n 1 "$DEST/$name.json.tmp" > "$DEST/$name.json"
   echo "   rc=$? in $(( $(date +%s) - t0 ))s: $(cat "$DEST/$name.json" 2>/dev/null)"
+  rm -f "$DEST/$name.json.tmp"
   tail -n 3 "$DEST/$name.log"
 }
 [ "${SKIP_HF:-0}" = 1 ] || run_step hf_baseline env PYTHONUNBUFFERED=1 "$TORCH_VENV/bin/python" .bench/hf_baseline.py
