@@ -90,7 +90,8 @@ fn a_whole_run_is_analysed() {
     assert_eq!(g1.outcome, Outcome::Fires, "{}", g1.reason);
     // 2 activation files (methods) x 7 checkpoints + 5 hit files + the persona file.
     assert_eq!(result.inputs.len(), 14 + 5 + 1);
-    let out = run.path().join("analysis");
+    let out =
+        std::env::var_os("PSPACE_KEEP_REPORT").map_or_else(|| run.path().join("analysis"), PathBuf::from);
     let (_, report) = write_outputs(&result, &out).unwrap();
     let text = std::fs::read_to_string(report).unwrap();
     assert!(text.contains("### M1") && text.contains("m1_grid.png") && text.contains("m3_accuracy.png"));
