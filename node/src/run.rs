@@ -127,7 +127,13 @@ impl RunObserver for Bars {
         } else {
             format!("{:.1}s", outcome.seconds)
         };
-        self.task.println(format!("  {:<34} {how}", outcome.key));
+        let line = format!("  {:<34} {how}", outcome.key);
+        // Bars are hidden when stderr is not a terminal (CI, logs); the task lines still show.
+        if self.task.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            self.task.println(line);
+        }
         self.task.inc(1);
     }
     fn stage_progress(&mut self, message: &str, done: usize, total: usize) {
