@@ -156,6 +156,18 @@ impl LocalRunner<'_> {
         Ok(())
     }
 
+    async fn put_all(
+        &self,
+        ctx: &TaskContext<'_>,
+        files: Vec<(String, Vec<u8>)>,
+        outputs: &mut BTreeMap<String, String>,
+    ) -> Result<(), RunError> {
+        for (name, bytes) in files {
+            self.put(ctx, &name, bytes, outputs).await?;
+        }
+        Ok(())
+    }
+
     async fn get(&self, ctx: &TaskContext<'_>, dep: &str, name: &str) -> Result<Vec<u8>, RunError> {
         let (dir, _) = ctx.deps.get(dep).ok_or_else(|| RunError::MissingDependency {
             task: ctx.planned.key(),
@@ -219,9 +231,7 @@ impl LocalRunner<'_> {
                     observer,
                 )
                 .map_err(stage_err)?;
-                for (name, bytes) in files {
-                    self.put(ctx, &name, bytes, &mut outputs).await?;
-                }
+                self.put_all(ctx, files, &mut outputs).await?;
             }
             TaskKind::Extract => {
                 let checkpoint = self.checkpoint_of(ctx, &label).await?;
@@ -235,9 +245,7 @@ impl LocalRunner<'_> {
                     observer,
                 )
                 .map_err(stage_err)?;
-                for (name, bytes) in files {
-                    self.put(ctx, &name, bytes, &mut outputs).await?;
-                }
+                self.put_all(ctx, files, &mut outputs).await?;
             }
             TaskKind::GenerateOnpolicy => {
                 let checkpoint = self.checkpoint_of(ctx, &label).await?;
@@ -271,11 +279,7 @@ impl LocalRunner<'_> {
                     observer,
                 )
                 .map_err(stage_err)?;
-                let jsonl: String = gens
-                    .iter()
-                    .map(|g| serde_json::to_string(g).unwrap_or_default() + "\n")
-                    .collect();
-                self.put(ctx, "generations.jsonl", jsonl.into_bytes(), &mut outputs)
+                self.put(ctx, "generations.jsonl", to_jsonl(&gens), &mut outputs)
                     .await?;
                 self.put(
                     ctx,
@@ -315,11 +319,7 @@ impl LocalRunner<'_> {
                     &plan,
                     task_seed(ctx.seed, ctx.task_id),
                 );
-                let jsonl: String = rows
-                    .iter()
-                    .map(|r| serde_json::to_string(r).unwrap_or_default() + "\n")
-                    .collect();
-                self.put(ctx, "coupling.jsonl", jsonl.into_bytes(), &mut outputs)
+                self.put(ctx, "coupling.jsonl", to_jsonl(&rows), &mut outputs)
                     .await?;
             }
             TaskKind::TrainCoupling => {
@@ -343,9 +343,7 @@ impl LocalRunner<'_> {
                     observer,
                 )
                 .map_err(stage_err)?;
-                for (name, bytes) in files {
-                    self.put(ctx, &name, bytes, &mut outputs).await?;
-                }
+                self.put_all(ctx, files, &mut outputs).await?;
             }
             TaskKind::MarkerEval => {
                 let em = self.checkpoint_of(ctx, &label).await?;
@@ -399,11 +397,7 @@ impl LocalRunner<'_> {
                     &mut outputs,
                 )
                 .await?;
-                let jsonl: String = gens
-                    .iter()
-                    .map(|g| serde_json::to_string(g).unwrap_or_default() + "\n")
-                    .collect();
-                self.put(ctx, "completions.jsonl", jsonl.into_bytes(), &mut outputs)
+                self.put(ctx, "completions.jsonl", to_jsonl(&gens), &mut outputs)
                     .await?;
             }
             TaskKind::Analyse => {
@@ -439,9 +433,7 @@ impl LocalRunner<'_> {
                 let out = run.join("analysis");
                 let files = stages::analyse(&run, &personas_path, &out, &spec.analysis, ctx.seed, observer)
                     .map_err(stage_err)?;
-                for (name, bytes) in files {
-                    self.put(ctx, &name, bytes, &mut outputs).await?;
-                }
+                self.put_all(ctx, files, &mut outputs).await?;
             }
         }
         Ok(outputs)
@@ -487,6 +479,15 @@ fn stage_io(ctx: &TaskContext<'_>, path: &Path, e: std::io::Error) -> RunError {
 /// A digest of a dependency's outputs: what a downstream task id hashes.
 fn manifest_digest(m: &Manifest) -> String {
     sha256_hex(serde_json::to_string(&m.outputs).unwrap_or_default().as_bytes())
+}
+
+/// One JSON object per line.
+fn to_jsonl<T: serde::Serialize>(items: &[T]) -> Vec<u8> {
+    items
+        .iter()
+        .map(|item| serde_json::to_string(item).unwrap_or_default() + "\n")
+        .collect::<String>()
+        .into_bytes()
 }
 
 fn parse_jsonl<T: serde::de::DeserializeOwned>(
