@@ -64,6 +64,34 @@ pub(crate) fn right_pad(seqs: &[&[i64]], device: Device) -> (Tensor, Tensor) {
     )
 }
 
+/// Checks the request and allocates one zero [N, H] f32 CPU tensor per layer.
+fn output_rows(model: &Model, prompts: &[Vec<i64>], layers: &[usize]) -> Result<Vec<Tensor>, ExtractError> {
+    check_layers(model, layers)?;
+    if let Some(index) = prompts.iter().position(Vec::is_empty) {
+        return Err(ExtractError::EmptyPrompt { index });
+    }
+    let h = model.config().hidden_size as i64;
+    Ok(layers
+        .iter()
+        .map(|_| Tensor::zeros([prompts.len() as i64, h], (Kind::Float, Device::Cpu)))
+        .collect())
+}
+
+/// One right-padded forward pass that captures the given layers (no logits).
+fn capture(model: &Model, seqs: &[&[i64]], layers: &[usize]) -> crate::model::ForwardOutput {
+    let (ids, mask) = right_pad(seqs, model.device());
+    model.forward(
+        &ids,
+        &mask,
+        None,
+        &ForwardOptions {
+            capture_layers: layers,
+            logits: Logits::None,
+            ..Default::default()
+        },
+    )
+}
+
 /// Method A: for every prompt, the output of each layer in `layers` at its last token.
 /// Returns one [N, H] f32 CPU tensor per layer, rows in input order.
 pub fn last_token_states(
@@ -72,30 +100,12 @@ pub fn last_token_states(
     layers: &[usize],
     max_batch_tokens: usize,
 ) -> Result<Vec<Tensor>, ExtractError> {
-    check_layers(model, layers)?;
-    if let Some(index) = prompts.iter().position(Vec::is_empty) {
-        return Err(ExtractError::EmptyPrompt { index });
-    }
+    let mut out = output_rows(model, prompts, layers)?;
     let _guard = tch::no_grad_guard();
-    let h = model.config().hidden_size as i64;
-    let mut out: Vec<Tensor> = layers
-        .iter()
-        .map(|_| Tensor::zeros([prompts.len() as i64, h], (Kind::Float, Device::Cpu)))
-        .collect();
     let lengths: Vec<usize> = prompts.iter().map(Vec::len).collect();
     for batch in length_buckets(&lengths, max_batch_tokens) {
         let seqs: Vec<&[i64]> = batch.iter().map(|&i| prompts[i].as_slice()).collect();
-        let (ids, mask) = right_pad(&seqs, model.device());
-        let fwd = model.forward(
-            &ids,
-            &mask,
-            None,
-            &ForwardOptions {
-                capture_layers: layers,
-                logits: Logits::None,
-                ..Default::default()
-            },
-        );
+        let fwd = capture(model, &seqs, layers);
         let last = Tensor::from_slice(&batch.iter().map(|&i| lengths[i] as i64 - 1).collect::<Vec<_>>())
             .to_device(model.device());
         let rows = Tensor::arange(batch.len() as i64, (Kind::Int64, model.device()));
@@ -120,16 +130,8 @@ pub fn response_mean_states(
     layers: &[usize],
     max_batch_tokens: usize,
 ) -> Result<(Vec<Tensor>, Vec<bool>), ExtractError> {
-    check_layers(model, layers)?;
-    if let Some(index) = prompts.iter().position(Vec::is_empty) {
-        return Err(ExtractError::EmptyPrompt { index });
-    }
+    let mut out = output_rows(model, prompts, layers)?;
     let _guard = tch::no_grad_guard();
-    let h = model.config().hidden_size as i64;
-    let mut out: Vec<Tensor> = layers
-        .iter()
-        .map(|_| Tensor::zeros([prompts.len() as i64, h], (Kind::Float, Device::Cpu)))
-        .collect();
     let valid: Vec<bool> = responses.iter().map(|r| !r.is_empty()).collect();
     let todo: Vec<usize> = (0..prompts.len()).filter(|&i| valid[i]).collect();
     let full: Vec<Vec<i64>> = todo
@@ -139,18 +141,8 @@ pub fn response_mean_states(
     let lengths: Vec<usize> = full.iter().map(Vec::len).collect();
     for batch in length_buckets(&lengths, max_batch_tokens) {
         let seqs: Vec<&[i64]> = batch.iter().map(|&j| full[j].as_slice()).collect();
-        let (ids, mask) = right_pad(&seqs, model.device());
-        let t = ids.size()[1];
-        let fwd = model.forward(
-            &ids,
-            &mask,
-            None,
-            &ForwardOptions {
-                capture_layers: layers,
-                logits: Logits::None,
-                ..Default::default()
-            },
-        );
+        let t = seqs.iter().map(|q| q.len()).max().unwrap_or(0) as i64;
+        let fwd = capture(model, &seqs, layers);
         // weights[r, p] = 1/len(response) on response positions, 0 elsewhere.
         let mut w = vec![0f32; batch.len() * t as usize];
         for (r, &j) in batch.iter().enumerate() {
