@@ -12,10 +12,13 @@
 //! subtracts what the process used before building the model (CUDA context).
 //! Prints ONE JSON line on stdout.
 //!
-//! Usage: bench_train [--device cuda|cpu] [--tiny] [--steps N] [--batch B] [--seq T]
+//! Besides the steps, each mode times one forward pass without a graph over the same batch
+//! (`forward_s`), which splits a step into its forward and the rest.
+//!
+//! Usage: bench_train [--device cuda|cpu] [--tiny] [--steps N] [--batch B] [--seq T] [--dropout P]
 
 use pspace_engine::lora::{Lora, LoraConfig};
-use pspace_engine::model::{Model, ModelConfig, Proj};
+use pspace_engine::model::{ForwardOptions, Logits, Model, ModelConfig, Proj};
 use pspace_engine::train::trainer::{Batch, TrainConfig, Trainer};
 use pspace_engine::train::{AdamWConfig, ScheduleKind};
 use pspace_engine::Device;
@@ -27,6 +30,11 @@ fn arg(name: &str) -> Option<String> {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1).cloned())
+}
+
+/// LoRA dropout (`--dropout`, default 0.05 as in hf_baseline.py).
+fn dropout() -> f64 {
+    arg("--dropout").and_then(|v| v.parse().ok()).unwrap_or(0.05)
 }
 
 fn flag(name: &str) -> bool {
@@ -96,7 +104,7 @@ fn run_mode(device: Device, tiny: bool, recompute: bool) -> serde_json::Value {
     let lora_config = LoraConfig {
         rank: 32,
         alpha: 64.0,
-        dropout: 0.05,
+        dropout: dropout(),
         targets: Proj::ALL.to_vec(),
         use_rslora: false,
     };
@@ -161,9 +169,27 @@ fn run_mode(device: Device, tiny: bool, recompute: bool) -> serde_json::Value {
     sync();
     let dt = start.elapsed().as_secs_f64() / steps as f64;
     let peak = cuda_used_bytes();
+    let forward = || {
+        let opts = ForwardOptions {
+            logits: Logits::None,
+            capture_layers: &[cfg.num_hidden_layers - 1],
+            adapter: Some(&lora),
+            train: false,
+        };
+        tch::no_grad(|| model.forward(&batch.input_ids, &batch.attention_mask, None, &opts));
+    };
+    forward();
+    sync();
+    let forward_start = Instant::now();
+    for _ in 0..3 {
+        forward();
+    }
+    sync();
+    let forward_s = forward_start.elapsed().as_secs_f64() / 3.0;
     serde_json::json!({
         "tok_s": ((b * t) as f64 / dt).round(),
         "step_s": (dt * 1000.0).round() / 1000.0,
+        "forward_s": (forward_s * 10000.0).round() / 10000.0,
         "peak_used_gib": gib(peak),
         "weights_used_gib": gib(weights_bytes),
         "context_used_gib": gib(context_bytes),
@@ -193,7 +219,7 @@ fn main() {
     let mut res = serde_json::json!({
         "device": device.to_string(),
         "model": if tiny { "tiny-qwen2" } else { "qwen2.5-7b-shaped" },
-        "lora": "r=32 alpha=64 dropout=0.05 q,k,v,o,gate,up,down",
+        "lora": format!("r=32 alpha=64 dropout={} q,k,v,o,gate,up,down", dropout()),
         "peak_memory": "cudaMemGetInfo total-free after the timed steps (caching allocator reserved + CUDA context)",
     });
     for (mode, key) in [("plain", "nogc"), ("recompute", "gc")] {

@@ -6,7 +6,7 @@
 
 use pspace_engine::extract::{last_token_states, response_mean_states};
 use pspace_engine::generate::{generate, FinishReason, SamplingParams};
-use pspace_engine::model::{Adapter, ForwardOptions, Logits, Model, Proj};
+use pspace_engine::model::{Adapter, ForwardOptions, LayerAdapter, Logits, Model, Proj};
 use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
 
@@ -50,8 +50,19 @@ struct LowRank {
 unsafe impl Sync for LowRank {}
 
 impl Adapter for LowRank {
-    fn delta(&self, layer: usize, proj: Proj, x: &Tensor, _train: bool) -> Option<Tensor> {
-        (layer == self.layer && proj == self.proj).then(|| x.matmul(&self.a.tr()).matmul(&self.b.tr()))
+    fn layer(&self, layer: usize, _kind: Kind, _train: bool) -> Option<Box<dyn LayerAdapter + '_>> {
+        (layer == self.layer).then(|| Box::new(self) as Box<dyn LayerAdapter>)
+    }
+}
+
+impl LayerAdapter for &LowRank {
+    fn add(&self, group: &[Proj], widths: &[i64], input: &Tensor, base: Tensor) -> Tensor {
+        let Some(i) = group.iter().position(|&p| p == self.proj) else {
+            return base;
+        };
+        let mut parts = base.split_with_sizes(widths, -1);
+        parts[i] = &parts[i] + input.matmul(&self.a.tr()).matmul(&self.b.tr());
+        Tensor::cat(&parts, -1)
     }
 }
 

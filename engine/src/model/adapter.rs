@@ -57,8 +57,20 @@ impl Proj {
     }
 }
 
-/// Extra output added to projection `proj` of decoder layer `layer` for input `x` ([B, T, in]);
-/// `None` means no adapter there. `train` switches dropout on.
+/// An adapter's hook into the decoder layers. The model asks once per layer and forward pass
+/// for the layer's part (`layer`), so an adapter can prepare its weights for that layer in one
+/// go (a cast, a split) instead of once per projection.
 pub trait Adapter: Send + Sync {
-    fn delta(&self, layer: usize, proj: Proj, x: &Tensor, train: bool) -> Option<Tensor>;
+    /// The adapter's part in decoder layer `layer` for activations of `kind`; None where it
+    /// changes nothing there. `train` switches dropout on.
+    fn layer(&self, layer: usize, kind: tch::Kind, train: bool) -> Option<Box<dyn LayerAdapter + '_>>;
+}
+
+/// One decoder layer's adapter. The model computes some projections fused (Q, K, V as one
+/// matmul; Gate, Up as one) and hands each group's output here whole.
+pub trait LayerAdapter {
+    /// `base` [B, T, sum of widths] is the output of the projections `group` (in that order,
+    /// `widths[i]` columns each) for `input` [B, T, in]; returns it with the adapter's update
+    /// of every projection it adapts added. `base` may be updated in place.
+    fn add(&self, group: &[Proj], widths: &[i64], input: &Tensor, base: Tensor) -> Tensor;
 }

@@ -11,7 +11,7 @@ mod adapter;
 mod config;
 mod load;
 
-pub use adapter::{Adapter, Proj};
+pub use adapter::{Adapter, LayerAdapter, Proj};
 pub use config::{Architecture, ModelConfig};
 pub use load::LoadError;
 
@@ -446,30 +446,21 @@ impl Model {
             cfg.num_key_value_heads as i64,
             cfg.head_dim as i64,
         );
-        let delta = |p: Proj, input: &Tensor| adapter.and_then(|a| a.delta(index, p, input, train));
-        // Adds the adapter's outputs (if any) to a fused projection's output.
-        let with_deltas = |y: Tensor, group: &[Proj], input: &Tensor| -> Tensor {
-            let deltas: Vec<Option<Tensor>> = group.iter().map(|&p| delta(p, input)).collect();
-            if deltas.iter().all(Option::is_none) {
-                return y;
+        let layer_adapter = adapter.and_then(|a| a.layer(index, x.kind(), train));
+        let width = |p: &Proj| l.proj[p].weight.size()[0];
+        // A group's fused output with the adapter's update of its members added.
+        let adapted = |group: &[Proj], input: &Tensor, base: Tensor| -> Tensor {
+            match &layer_adapter {
+                Some(a) => {
+                    let widths: Vec<i64> = group.iter().map(width).collect();
+                    a.add(group, &widths, input, base)
+                }
+                None => base,
             }
-            let parts: Vec<Tensor> = group
-                .iter()
-                .zip(deltas)
-                .map(|(p, d)| {
-                    d.unwrap_or_else(|| {
-                        let mut shape = input.size();
-                        let last = shape.len() - 1;
-                        shape[last] = l.proj[p].weight.size()[0];
-                        Tensor::zeros(shape.as_slice(), (y.kind(), y.device()))
-                    })
-                })
-                .collect();
-            y + Tensor::cat(&parts, -1)
         };
         let (q_out, kv_out) = (nh * hd, nkv * hd);
         let h = rms_norm(x, &l.input_norm, cfg.rms_norm_eps);
-        let qkv = with_deltas(l.qkv.forward(&h), &[Proj::Q, Proj::K, Proj::V], &h);
+        let qkv = adapted(&[Proj::Q, Proj::K, Proj::V], &h, l.qkv.forward(&h));
         // Rotary on the query and key heads together: [B, T, nh + nkv, hd].
         let qk = apply_rotary(
             &qkv.narrow(-1, 0, q_out + kv_out).view([b, t, nh + nkv, hd]),
@@ -527,18 +518,16 @@ impl Model {
             }
         };
         let attn = attn.transpose(1, 2).reshape([b, t, nh * hd]);
-        let mut x = add_linear(x, &attn, &l.proj[&Proj::O].weight);
-        if let Some(d) = delta(Proj::O, &attn) {
-            x = &x + d;
-        }
+        let x = adapted(&[Proj::O], &attn, add_linear(x, &attn, &l.proj[&Proj::O].weight));
         let h = rms_norm(&x, &l.post_attention_norm, cfg.rms_norm_eps);
         let inter = cfg.intermediate_size as i64;
-        let gate_up = with_deltas(l.gate_up.forward(&h), &[Proj::Gate, Proj::Up], &h);
+        let gate_up = adapted(&[Proj::Gate, Proj::Up], &h, l.gate_up.forward(&h));
         let gated = gate_up.narrow(-1, 0, inter).silu() * gate_up.narrow(-1, inter, inter);
-        let mut out = add_linear(&x, &gated, &l.proj[&Proj::Down].weight);
-        if let Some(d) = delta(Proj::Down, &gated) {
-            out = &out + d;
-        }
+        let out = adapted(
+            &[Proj::Down],
+            &gated,
+            add_linear(&x, &gated, &l.proj[&Proj::Down].weight),
+        );
         (out, new_cache)
     }
 

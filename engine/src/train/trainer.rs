@@ -7,7 +7,8 @@
 //! Activation recomputation (tch has no `checkpoint()`): the forward runs layer by layer without
 //! a graph, keeping only each layer's input; the loss is differentiated with respect to the last
 //! hidden state; then each layer, from the last, is run again with a graph and differentiated by
-//! `backward((out * grad_out).sum())`, which hands the gradient to its input. The adapter keeps
+//! `backward((out * grad_out).sum())`, which hands the gradient to its input. (The last layer
+//! keeps its graph from the first pass: it is differentiated with the loss.) The adapter keeps
 //! the dropout masks of the first pass and replays them in the recomputation, so both modes
 //! compute the same thing.
 
@@ -175,13 +176,14 @@ impl<'a> Trainer<'a> {
         let (b, t, h) = (hidden.size()[0], hidden.size()[1], hidden.size()[2]);
         let predicting = hidden.narrow(1, 0, t - 1).reshape([b * (t - 1), h]);
         let selected = predicting.index_select(0, &batch.label_positions).unsqueeze(0);
-        let logits = self.model.logits(&selected).squeeze_dim(0).to_kind(Kind::Float);
-        logits.cross_entropy_loss(
+        // log-softmax reads the half-precision logits and computes and writes f32 in one kernel
+        // (and its backward hands back half precision): no separate f32 copy of [N, vocab].
+        let logits = self.model.logits(&selected).squeeze_dim(0);
+        logits.log_softmax(-1, Kind::Float).g_nll_loss(
             &batch.label_targets,
             None::<Tensor>,
             tch::Reduction::Sum,
             IGNORE,
-            0.0,
         )
     }
 
@@ -208,24 +210,33 @@ impl<'a> Trainer<'a> {
         if self.dropout {
             self.lora.set_dropout_mode(DropoutMode::Record);
         }
-        let top = tch::no_grad(|| {
+        // The last layer runs with its graph in the first pass already: recomputing it would
+        // only rebuild what is still there.
+        let below_top = tch::no_grad(|| {
             let mut x = embedded;
-            for i in 0..layers {
+            for i in 0..layers - 1 {
                 inputs.push(x.shallow_clone());
                 x = model.layer_forward(i, &x, &ctx, None, Some(adapter), true).0;
             }
             x
         });
-        let top = top.detach().set_requires_grad(true);
+        let top_input = below_top.detach().set_requires_grad(layers > 1);
+        let top = model
+            .layer_forward(layers - 1, &top_input, &ctx, None, Some(adapter), true)
+            .0;
         let loss = self.loss_sum(&top, batch);
         (&loss * scale).f_backward()?;
         let loss_value = loss.detach();
-        let mut grad_out = top.grad();
         drop(top);
+        if layers == 1 {
+            return Ok(loss_value);
+        }
+        let mut grad_out = top_input.grad();
+        drop(top_input);
         if self.dropout {
             self.lora.set_dropout_mode(DropoutMode::Replay);
         }
-        for i in (0..layers).rev() {
+        for i in (0..layers - 1).rev() {
             let Some(input) = inputs.pop() else { break };
             // The embeddings are frozen: the first layer's input needs no gradient.
             let input = input.detach().set_requires_grad(i > 0);
@@ -493,16 +504,18 @@ mod tests {
         let trainer = Trainer::new(&model, &l, config(true), 4);
         let batch = Batch::from_examples(&[&ex[0], &ex[1], &ex[2]], 0, 8, tch::Device::Cpu);
         let loss_recomputed = trainer.micro_step(&batch, 1.0).unwrap().double_value(&[]);
-        let grads_recomputed: Vec<Tensor> = l.parameters().iter().map(|p| p.grad().copy()).collect();
+        let grads_recomputed = l.flat_grad();
         l.zero_grad();
         // The plain path with the same masks (replayed) must give the same loss and gradients.
         l.set_dropout_mode(DropoutMode::Replay);
         let plain = Trainer::new(&model, &l, config(false), 4);
         let loss_plain = plain.micro_step(&batch, 1.0).unwrap().double_value(&[]);
         assert!((loss_plain - loss_recomputed).abs() < 1e-4 * loss_plain.abs());
-        for (p, g) in l.parameters().iter().zip(&grads_recomputed) {
-            assert!(p.grad().allclose(g, 1e-4, 1e-6, false), "gradients differ");
-        }
+        assert!(
+            l.flat_grad().allclose(&grads_recomputed, 1e-4, 1e-6, false),
+            "gradients differ"
+        );
+        assert!(grads_recomputed.abs().sum(Kind::Float).double_value(&[]) > 0.0);
         // And fresh masks would have changed the loss (the test can fail).
         l.set_dropout_mode(DropoutMode::Fresh);
         let loss_fresh = plain.micro_step(&batch, 1.0).unwrap().double_value(&[]);
