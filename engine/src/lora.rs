@@ -92,12 +92,15 @@ pub struct Lora {
     scaling: f64,
     /// Per decoder layer, the adapted projections.
     layers: Vec<BTreeMap<Proj, LoraPair>>,
-    /// Every A and B, flattened and concatenated in `pairs()` order; the pairs view it.
+    /// Every A and B flattened: layer by layer, the layer's A matrices in `Proj` order, then its
+    /// B matrices in `Proj` order. The pairs view it. The A matrices of projections that read
+    /// the same input and are neighbours in `Proj` order (Q, K, V; Gate, Up) are thus one
+    /// contiguous [k r, in] block: the model's fused groups take them without a copy.
     flat: Tensor,
     /// Per decoder layer, its slice of `flat`: the autograd leaves, where gradients gather.
     leaves: Vec<Tensor>,
-    /// Per decoder layer, the lengths of its A, B, A, B, ... inside its leaf.
-    piece_sizes: Vec<Vec<i64>>,
+    /// Per decoder layer, where its A and B matrices lie in its leaf.
+    layouts: Vec<LayerLayout>,
     dropout_mode: std::sync::Mutex<DropoutMode>,
     /// (layer, first projection of the group) -> positions dropped, kept by
     /// `DropoutMode::Record`.
@@ -108,6 +111,44 @@ pub struct Lora {
 // read; the optimizer updates them in place between passes, never concurrently with one.
 unsafe impl Sync for Lora {}
 unsafe impl Send for Lora {}
+
+/// Where one layer's adapter matrices lie inside its leaf: [A_1 .. A_k | B_1 .. B_k].
+struct LayerLayout {
+    /// The adapted projections, in `Proj` order.
+    projs: Vec<Proj>,
+    /// [r, in] of each A and [out, r] of each B.
+    a_shapes: Vec<[i64; 2]>,
+    b_shapes: Vec<[i64; 2]>,
+    /// Offset of each A inside the A region (which starts the leaf).
+    a_offsets: Vec<i64>,
+    a_len: i64,
+    b_len: i64,
+}
+
+impl LayerLayout {
+    fn new(pairs: &BTreeMap<Proj, LoraPair>) -> LayerLayout {
+        let shape = |t: &Tensor| -> [i64; 2] {
+            let s = t.size();
+            [s[0], s[1]]
+        };
+        let a_shapes: Vec<[i64; 2]> = pairs.values().map(|p| shape(&p.a)).collect();
+        let b_shapes: Vec<[i64; 2]> = pairs.values().map(|p| shape(&p.b)).collect();
+        let mut a_offsets = Vec::with_capacity(a_shapes.len());
+        let mut a_len = 0;
+        for [rows, cols] in &a_shapes {
+            a_offsets.push(a_len);
+            a_len += rows * cols;
+        }
+        LayerLayout {
+            projs: pairs.keys().copied().collect(),
+            b_len: b_shapes.iter().map(|[r, c]| r * c).sum(),
+            a_shapes,
+            b_shapes,
+            a_offsets,
+            a_len,
+        }
+    }
+}
 
 fn validate(config: &LoraConfig) -> Result<(), LoraError> {
     if config.rank < 1 {
@@ -206,50 +247,46 @@ impl Lora {
 
     fn assemble(config: LoraConfig, layers: Vec<BTreeMap<Proj, LoraPair>>) -> Lora {
         let _guard = tch::no_grad_guard();
+        let layouts: Vec<LayerLayout> = layers.iter().map(LayerLayout::new).collect();
         let pieces: Vec<Tensor> = layers
             .iter()
-            .flat_map(|m| m.values().flat_map(|p| [p.a.reshape([-1]), p.b.reshape([-1])]))
+            .flat_map(|m| {
+                let a = m.values().map(|p| p.a.reshape([-1]));
+                let b: Vec<Tensor> = m.values().map(|p| p.b.reshape([-1])).collect();
+                a.chain(b)
+            })
             .collect();
         let flat = if pieces.is_empty() {
             Tensor::zeros([0], (Kind::Float, tch::Device::Cpu))
         } else {
             Tensor::cat(&pieces, 0)
         };
-        let mut offset = 0i64;
-        let mut view_of = |t: &Tensor| {
-            let n = t.numel() as i64;
-            let v = flat.narrow(0, offset, n).view(t.size().as_slice()).detach();
-            offset += n;
-            v
-        };
-        let layers: Vec<BTreeMap<Proj, LoraPair>> = layers
+        let mut start = 0i64;
+        let mut leaves = Vec::with_capacity(layers.len());
+        let layers = layers
             .into_iter()
-            .map(|m| {
-                m.into_iter()
-                    .map(|(proj, pair)| {
-                        let a = view_of(&pair.a);
-                        let b = view_of(&pair.b);
+            .zip(&layouts)
+            .map(|(m, layout)| {
+                let leaf = flat.narrow(0, start, layout.a_len + layout.b_len).detach();
+                let mut b_offset = layout.a_len;
+                let pairs = m
+                    .into_keys()
+                    .enumerate()
+                    .map(|(i, proj)| {
+                        let [ra, ca] = layout.a_shapes[i];
+                        let [rb, cb] = layout.b_shapes[i];
+                        let a = leaf
+                            .narrow(0, layout.a_offsets[i], ra * ca)
+                            .view([ra, ca])
+                            .detach();
+                        let b = leaf.narrow(0, b_offset, rb * cb).view([rb, cb]).detach();
+                        b_offset += rb * cb;
                         (proj, LoraPair { a, b })
                     })
-                    .collect()
-            })
-            .collect();
-        let piece_sizes: Vec<Vec<i64>> = layers
-            .iter()
-            .map(|m| {
-                m.values()
-                    .flat_map(|p| [p.a.numel() as i64, p.b.numel() as i64])
-                    .collect()
-            })
-            .collect();
-        let mut start = 0i64;
-        let leaves = piece_sizes
-            .iter()
-            .map(|sizes| {
-                let n: i64 = sizes.iter().sum();
-                let leaf = flat.narrow(0, start, n).detach();
-                start += n;
-                leaf
+                    .collect();
+                start += layout.a_len + layout.b_len;
+                leaves.push(leaf);
+                pairs
             })
             .collect();
         Lora {
@@ -258,7 +295,7 @@ impl Lora {
             layers,
             flat,
             leaves,
-            piece_sizes,
+            layouts,
             dropout_mode: std::sync::Mutex::new(DropoutMode::Fresh),
             dropout_masks: std::sync::Mutex::new(BTreeMap::new()),
         }
@@ -333,8 +370,8 @@ impl Lora {
             .collect()
     }
 
-    /// All adapter weights as one flat f32 tensor sharing their storage (`pairs()` order, A
-    /// before B): writing into it changes the adapter.
+    /// All adapter weights as one flat f32 tensor sharing their storage (per layer, every A then
+    /// every B): writing into it changes the adapter.
     pub fn flat(&self) -> Tensor {
         self.flat.shallow_clone()
     }
@@ -413,89 +450,99 @@ impl Lora {
 
 impl Adapter for Lora {
     fn layer(&self, layer: usize, kind: Kind, train: bool) -> Option<Box<dyn LayerAdapter + '_>> {
-        let pairs = self.layers.get(layer).filter(|m| !m.is_empty())?;
-        // One cast and one split per layer; their backward is one cat and one cast into the
-        // layer's leaf gradient.
-        let pieces = self.leaves[layer]
+        let layout = self.layouts.get(layer).filter(|l| !l.projs.is_empty())?;
+        // One cast and one split per layer (their backward: one cat and one cast into the
+        // layer's leaf gradient); the scale is applied to the B matrices here, once.
+        let regions = self.leaves[layer]
             .to_kind(kind)
-            .split_with_sizes(self.piece_sizes[layer].as_slice(), 0);
-        let weights = pairs
+            .split_with_sizes([layout.a_len, layout.b_len], 0);
+        let b_sizes: Vec<i64> = layout.b_shapes.iter().map(|[r, c]| r * c).collect();
+        let b = (&regions[1] * self.scaling).split_with_sizes(b_sizes.as_slice(), 0);
+        let scaled_b = b
             .iter()
-            .zip(pieces.chunks(2))
-            .map(|((&proj, pair), ab)| {
-                let a = ab[0].view(pair.a.size().as_slice());
-                let b = ab[1].view(pair.b.size().as_slice());
-                (proj, (a, b))
-            })
+            .zip(&layout.b_shapes)
+            .map(|(piece, shape)| piece.view(*shape))
             .collect();
         Some(Box::new(LoraLayer {
             lora: self,
             layer,
+            layout,
             dropout: train && self.config.dropout > 0.0,
-            weights,
+            a_region: regions[0].shallow_clone(),
+            scaled_b,
         }))
     }
 }
 
-/// One layer's adapter weights, cast and split for one forward pass.
+/// One layer's adapter weights, cast for one forward pass.
 struct LoraLayer<'a> {
     lora: &'a Lora,
     layer: usize,
+    layout: &'a LayerLayout,
     dropout: bool,
-    /// A [r, in] and B [out, r] of every adapted projection, in the activations' kind.
-    weights: BTreeMap<Proj, (Tensor, Tensor)>,
+    /// Every A of the layer, flat, in the activations' kind.
+    a_region: Tensor,
+    /// scaling * B [out, r] of each adapted projection (`layout.projs` order).
+    scaled_b: Vec<Tensor>,
 }
 
 impl LayerAdapter for LoraLayer<'_> {
     fn add(&self, group: &[Proj], widths: &[i64], input: &Tensor, base: Tensor) -> Tensor {
-        let adapted: Vec<&(Tensor, Tensor)> = group.iter().filter_map(|p| self.weights.get(p)).collect();
-        let Some(&(first_a, _)) = adapted.first() else {
+        let layout = self.layout;
+        let adapted: Vec<usize> = group
+            .iter()
+            .filter_map(|p| layout.projs.iter().position(|q| q == p))
+            .collect();
+        let Some(&first) = adapted.first() else {
             return base;
         };
-        let in_dim = *input.size().last().unwrap_or(&0);
-        let x = input.reshape([-1, in_dim]);
-        let n = x.size()[0];
+        let [rank, in_dim] = layout.a_shapes[first];
         let copies = adapted.len() as i64;
-        let rank = first_a.size()[0];
-        // Every adapted member's A stacked: [copies * r, in].
-        let a_all = if copies == 1 {
-            first_a.shallow_clone()
+        // The group's A matrices, [copies * r, in]: one block when they are neighbours in the
+        // layout (always, for the model's groups), else gathered.
+        let contiguous = adapted.windows(2).all(|w| w[1] == w[0] + 1);
+        let a_all = if contiguous {
+            self.a_region
+                .narrow(0, layout.a_offsets[first], copies * rank * in_dim)
+                .view([copies * rank, in_dim])
         } else {
-            Tensor::cat(&adapted.iter().map(|(a, _)| a).collect::<Vec<_>>(), 0)
+            let blocks: Vec<Tensor> = adapted
+                .iter()
+                .map(|&i| self.a_region.narrow(0, layout.a_offsets[i], rank * in_dim))
+                .collect();
+            Tensor::cat(&blocks, 0).view([copies * rank, in_dim])
         };
         // z = [x A_1^T | x A_2^T | ...], [N, copies * r], each member with its own dropout.
         let z = if !self.dropout {
-            x.matmul(&a_all.tr())
+            input.matmul(&a_all.tr())
         } else if copies == 1 {
-            self.lora.dropout(self.layer, group[0], &x, 1).matmul(&a_all.tr())
-        } else {
             self.lora
-                .dropout(self.layer, group[0], &x, copies)
+                .dropout(self.layer, group[0], input, 1)
+                .matmul(&a_all.tr())
+        } else {
+            let n = input.size()[0];
+            self.lora
+                .dropout(self.layer, group[0], input, copies)
                 .bmm(&a_all.view([copies, rank, in_dim]).transpose(1, 2))
                 .transpose(0, 1)
                 .reshape([n, copies * rank])
         };
-        // B of every member on the block diagonal, [sum widths, copies * r]; a member without
-        // an adapter is a block of zero columns, so its outputs are left as they are.
-        let blocks: Vec<Tensor> = group
-            .iter()
-            .zip(widths)
-            .map(|(p, &w)| match self.weights.get(p) {
-                Some((_, b)) => b.shallow_clone(),
-                None => Tensor::zeros([w, 0], (first_a.kind(), first_a.device())),
-            })
-            .collect();
-        let b_all = if blocks.len() == 1 {
-            blocks[0].shallow_clone()
+        // The scaled B of every member on the block diagonal, [sum widths, copies * r]; a member
+        // without an adapter is a block of zero columns, so its outputs stay as they are.
+        let b_all = if group.len() == 1 {
+            self.scaled_b[first].shallow_clone()
         } else {
+            let blocks: Vec<Tensor> = group
+                .iter()
+                .zip(widths)
+                .map(|(p, &w)| match layout.projs.iter().position(|q| q == p) {
+                    Some(i) => self.scaled_b[i].shallow_clone(),
+                    None => Tensor::zeros([w, 0], (self.a_region.kind(), self.a_region.device())),
+                })
+                .collect();
             Tensor::block_diag(&blocks)
         };
-        let size = base.size();
-        let total = *size.last().unwrap_or(&0);
-        // base + scaling * z B_all^T in one matmul (the scale rides in its alpha).
-        base.reshape([1, n, total])
-            .baddbmm(&z.unsqueeze(0), &b_all.tr().unsqueeze(0), 1.0, self.lora.scaling)
-            .view(size.as_slice())
+        base.addmm(&z, &b_all.tr())
     }
 }
 
@@ -576,10 +623,7 @@ mod tests {
 
     /// The adapter's update of one group, as the model asks for it.
     fn update(lora: &Lora, group: &[Proj], widths: &[i64], x: &Tensor, train: bool) -> Tensor {
-        let base = Tensor::zeros(
-            [1, 3, widths.iter().sum::<i64>()],
-            (Kind::Float, tch::Device::Cpu),
-        );
+        let base = Tensor::zeros([3, widths.iter().sum::<i64>()], (Kind::Float, tch::Device::Cpu));
         match lora.layer(0, Kind::Float, train) {
             Some(l) => l.add(group, widths, x, base),
             None => base,
@@ -598,7 +642,7 @@ mod tests {
                 let _ = p.fill_(0.1);
             }
         }
-        let x = Tensor::ones([1, 3, 64], (Kind::Float, tch::Device::Cpu));
+        let x = Tensor::ones([3, 64], (Kind::Float, tch::Device::Cpu));
         let eval = update(&lora, &[Proj::Q], &[64], &x, false);
         let train = update(&lora, &[Proj::Q], &[64], &x, true);
         assert!(!eval.allclose(&train, 1e-6, 1e-6, false));
@@ -625,7 +669,7 @@ mod tests {
                 p.copy_(&(Tensor::randn_like(&p) * 0.1));
             }
         }
-        let x = Tensor::randn([1, 3, hidden], (Kind::Float, tch::Device::Cpu));
+        let x = Tensor::randn([3, hidden], (Kind::Float, tch::Device::Cpu));
         let fused = update(&lora, &[Proj::Q, Proj::K, Proj::V], &widths, &x, false);
         let parts = fused.split_with_sizes(widths.as_slice(), -1);
         for (i, p) in [Proj::Q, Proj::K, Proj::V].into_iter().enumerate() {

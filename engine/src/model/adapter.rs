@@ -69,8 +69,8 @@ pub trait Adapter: Send + Sync {
 /// One decoder layer's adapter. The model computes some projections fused (Q, K, V as one
 /// matmul; Gate, Up as one) and hands each group's output here whole.
 pub trait LayerAdapter {
-    /// `base` [B, T, sum of widths] is the output of the projections `group` (in that order,
-    /// `widths[i]` columns each) for `input` [B, T, in]; returns it with the adapter's update
-    /// of every projection it adapts added. `base` may be updated in place.
+    /// `base` [N, sum of widths] is the output of the projections `group` (in that order,
+    /// `widths[i]` columns each) for the rows `input` [N, in]; returns it with the adapter's
+    /// update of every projection it adapts added.
     fn add(&self, group: &[Proj], widths: &[i64], input: &Tensor, base: Tensor) -> Tensor;
 }

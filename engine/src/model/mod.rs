@@ -165,6 +165,9 @@ pub(crate) struct LayerWeights {
     pub qkv: Linear,
     /// [2 I, H]
     pub gate_up: Linear,
+    /// O's and Down's weights transposed ([in, out] views), for the residual add-matmul.
+    pub o_t: Tensor,
+    pub down_t: Tensor,
 }
 
 impl LayerWeights {
@@ -209,12 +212,16 @@ impl LayerWeights {
         };
         let qkv = fuse(&[Proj::Q, Proj::K, Proj::V], previous.map(|p| &p.qkv));
         let gate_up = fuse(&[Proj::Gate, Proj::Up], previous.map(|p| &p.gate_up));
+        let o_t = proj[&Proj::O].weight.tr();
+        let down_t = proj[&Proj::Down].weight.tr();
         LayerWeights {
             input_norm,
             post_attention_norm,
             proj,
             qkv,
             gate_up,
+            o_t,
+            down_t,
         }
     }
 }
@@ -257,16 +264,6 @@ fn apply_rotary(x: &Tensor, cos: &Tensor, sin_signed: &Tensor) -> Tensor {
     let half = x.size()[last as usize] / 2;
     let swapped = Tensor::cat(&[x.narrow(last, half, half), x.narrow(last, 0, half)], last);
     (x * cos).addcmul(&swapped, sin_signed)
-}
-
-/// `x + a W^T` as one op for [B, T, *] activations.
-fn add_linear(x: &Tensor, a: &Tensor, weight: &Tensor) -> Tensor {
-    let size = x.size();
-    let rows = size[..size.len() - 1].iter().product::<i64>();
-    let a2 = a.reshape([rows, *a.size().last().unwrap_or(&0)]);
-    x.reshape([rows, *size.last().unwrap_or(&0)])
-        .addmm(&a2, &weight.tr())
-        .view(size.as_slice())
 }
 
 impl Model {
@@ -459,7 +456,11 @@ impl Model {
             }
         };
         let (q_out, kv_out) = (nh * hd, nkv * hd);
-        let h = rms_norm(x, &l.input_norm, cfg.rms_norm_eps);
+        // The layer works on [B * T, H] rows (only attention needs the batch shape): the
+        // projections are then plain matmuls, with no reshapes around each of them.
+        let hidden_size = cfg.hidden_size as i64;
+        let x = x.reshape([b * t, hidden_size]);
+        let h = rms_norm(&x, &l.input_norm, cfg.rms_norm_eps);
         let qkv = adapted(&[Proj::Q, Proj::K, Proj::V], &h, l.qkv.forward(&h));
         // Rotary on the query and key heads together: [B, T, nh + nkv, hd].
         let qk = apply_rotary(
@@ -517,18 +518,14 @@ impl Model {
                 out.reshape([b, nh, t, hd])
             }
         };
-        let attn = attn.transpose(1, 2).reshape([b, t, nh * hd]);
-        let x = adapted(&[Proj::O], &attn, add_linear(x, &attn, &l.proj[&Proj::O].weight));
+        let attn = attn.transpose(1, 2).reshape([b * t, nh * hd]);
+        let x = adapted(&[Proj::O], &attn, x.addmm(&attn, &l.o_t));
         let h = rms_norm(&x, &l.post_attention_norm, cfg.rms_norm_eps);
         let inter = cfg.intermediate_size as i64;
         let gate_up = adapted(&[Proj::Gate, Proj::Up], &h, l.gate_up.forward(&h));
         let gated = gate_up.narrow(-1, 0, inter).silu() * gate_up.narrow(-1, inter, inter);
-        let out = adapted(
-            &[Proj::Down],
-            &gated,
-            add_linear(&x, &gated, &l.proj[&Proj::Down].weight),
-        );
-        (out, new_cache)
+        let out = adapted(&[Proj::Down], &gated, x.addmm(&gated, &l.down_t));
+        (out.view([b, t, hidden_size]), new_cache)
     }
 
     /// One forward pass over `input_ids` [B, T]. `attention_mask` covers the cached positions
