@@ -119,8 +119,10 @@ struct LayerLayout {
     /// [r, in] of each A and [out, r] of each B.
     a_shapes: Vec<[i64; 2]>,
     b_shapes: Vec<[i64; 2]>,
-    /// Offset of each A inside the A region (which starts the leaf).
+    /// Offset of each A inside the A region (which starts the leaf), and of each B inside the
+    /// B region (which follows it).
     a_offsets: Vec<i64>,
+    b_offsets: Vec<i64>,
     a_len: i64,
     b_len: i64,
 }
@@ -133,19 +135,25 @@ impl LayerLayout {
         };
         let a_shapes: Vec<[i64; 2]> = pairs.values().map(|p| shape(&p.a)).collect();
         let b_shapes: Vec<[i64; 2]> = pairs.values().map(|p| shape(&p.b)).collect();
-        let mut a_offsets = Vec::with_capacity(a_shapes.len());
-        let mut a_len = 0;
-        for [rows, cols] in &a_shapes {
-            a_offsets.push(a_len);
-            a_len += rows * cols;
-        }
+        let offsets = |shapes: &[[i64; 2]]| -> (Vec<i64>, i64) {
+            let mut offsets = Vec::with_capacity(shapes.len());
+            let mut len = 0;
+            for [rows, cols] in shapes {
+                offsets.push(len);
+                len += rows * cols;
+            }
+            (offsets, len)
+        };
+        let (a_offsets, a_len) = offsets(&a_shapes);
+        let (b_offsets, b_len) = offsets(&b_shapes);
         LayerLayout {
             projs: pairs.keys().copied().collect(),
-            b_len: b_shapes.iter().map(|[r, c]| r * c).sum(),
             a_shapes,
             b_shapes,
             a_offsets,
+            b_offsets,
             a_len,
+            b_len,
         }
     }
 }
@@ -322,11 +330,15 @@ impl Lora {
     /// in], or [N, in] for one copy. The group is named by its first projection.
     fn dropout(&self, layer: usize, group: Proj, x: &Tensor, copies: i64) -> Tensor {
         let p = self.config.dropout;
+        // The copies are made contiguous first: libtorch's dropout kernels are vectorized only
+        // for contiguous input (on the expanded view they took twice as long as copy + dropout).
         let input = if copies == 1 {
             x.shallow_clone()
         } else {
             let size = x.size();
-            x.unsqueeze(0).expand([copies, size[0], size[1]], false)
+            x.unsqueeze(0)
+                .expand([copies, size[0], size[1]], false)
+                .contiguous()
         };
         let mode = self.dropout_mode.lock().map(|m| *m).unwrap_or(DropoutMode::Fresh);
         if mode == DropoutMode::Replay {
@@ -457,7 +469,8 @@ impl Adapter for Lora {
             .to_kind(kind)
             .split_with_sizes([layout.a_len, layout.b_len], 0);
         let b_sizes: Vec<i64> = layout.b_shapes.iter().map(|[r, c]| r * c).collect();
-        let b = (&regions[1] * self.scaling).split_with_sizes(b_sizes.as_slice(), 0);
+        let b_region = &regions[1] * self.scaling;
+        let b = b_region.split_with_sizes(b_sizes.as_slice(), 0);
         let scaled_b = b
             .iter()
             .zip(&layout.b_shapes)
@@ -469,6 +482,7 @@ impl Adapter for Lora {
             layout,
             dropout: train && self.config.dropout > 0.0,
             a_region: regions[0].shallow_clone(),
+            b_region,
             scaled_b,
         }))
     }
@@ -482,8 +496,19 @@ struct LoraLayer<'a> {
     dropout: bool,
     /// Every A of the layer, flat, in the activations' kind.
     a_region: Tensor,
-    /// scaling * B [out, r] of each adapted projection (`layout.projs` order).
+    /// scaling * every B of the layer, flat, and as [out, r] views (`layout.projs` order).
+    b_region: Tensor,
     scaled_b: Vec<Tensor>,
+}
+
+impl LoraLayer<'_> {
+    /// Positions in `layout.projs` of the group's members that are adapted.
+    fn members(&self, group: &[Proj]) -> Vec<Option<usize>> {
+        group
+            .iter()
+            .map(|p| self.layout.projs.iter().position(|q| q == p))
+            .collect()
+    }
 }
 
 impl LayerAdapter for LoraLayer<'_> {
@@ -543,6 +568,49 @@ impl LayerAdapter for LoraLayer<'_> {
             Tensor::block_diag(&blocks)
         };
         base.addmm(&z, &b_all.tr())
+    }
+
+    fn add_stacked(&self, group: &[Proj], input: &Tensor, base: Tensor) -> Tensor {
+        let layout = self.layout;
+        let members = self.members(group);
+        let adapted: Vec<usize> = members.iter().flatten().copied().collect();
+        let neighbours = adapted.windows(2).all(|w| w[1] == w[0] + 1);
+        if adapted.len() < group.len() || !neighbours {
+            // Not every member adapted (or an unusual layout): member by member.
+            let width = base.size()[2];
+            let parts: Vec<Tensor> = base
+                .unbind(0)
+                .into_iter()
+                .zip(group)
+                .map(|(part, p)| self.add(&[*p], &[width], input, part))
+                .collect();
+            return Tensor::stack(&parts, 0);
+        }
+        let first = adapted[0];
+        let copies = adapted.len() as i64;
+        let [rank, in_dim] = layout.a_shapes[first];
+        let [width, _] = layout.b_shapes[first];
+        let n = input.size()[0];
+        let a_all = self
+            .a_region
+            .narrow(0, layout.a_offsets[first], copies * rank * in_dim)
+            .view([copies, rank, in_dim]);
+        // z [copies, N, r]: member i's x A_i^T, with its own dropout.
+        let z = if self.dropout {
+            self.lora
+                .dropout(self.layer, group[0], input, copies)
+                .bmm(&a_all.transpose(1, 2))
+        } else {
+            input
+                .matmul(&a_all.view([copies * rank, in_dim]).tr())
+                .view([n, copies, rank])
+                .transpose(0, 1)
+        };
+        let b_all = self
+            .b_region
+            .narrow(0, layout.b_offsets[first], copies * width * rank)
+            .view([copies, width, rank]);
+        base.baddbmm(&z, &b_all.transpose(1, 2), 1.0, 1.0)
     }
 }
 
@@ -714,6 +782,51 @@ mod tests {
         assert!(
             !q_head.allclose(&parts[2], 1e-6, 1e-6, false),
             "Q and V must not share a dropout mask"
+        );
+    }
+
+    /// Gate and Up computed as a batch: the batched update equals each member's own, with and
+    /// without an unadapted member, and dropout draws one mask per member.
+    #[test]
+    fn a_stacked_group_equals_its_members_one_by_one() {
+        let model = tiny();
+        let inter = model.projection_weight(0, Proj::Gate).size()[0];
+        let hidden = model.projection_weight(0, Proj::Gate).size()[1];
+        let x = Tensor::randn([5, hidden], (Kind::Float, tch::Device::Cpu));
+        let base = || Tensor::zeros([2, 5, inter], (Kind::Float, tch::Device::Cpu));
+        for targets in [vec![Proj::Gate, Proj::Up], vec![Proj::Up]] {
+            let lora = Lora::init(&model, config(targets.clone(), false), 2).unwrap();
+            {
+                let _guard = tch::no_grad_guard();
+                tch::manual_seed(3);
+                for mut p in lora.parameters() {
+                    p.copy_(&(Tensor::randn_like(&p) * 0.1));
+                }
+            }
+            let layer = lora.layer(0, Kind::Float, false).unwrap();
+            let stacked = layer.add_stacked(&[Proj::Gate, Proj::Up], &x, base());
+            for (i, p) in [Proj::Gate, Proj::Up].into_iter().enumerate() {
+                let expected = lora
+                    .delta_weight(0, p)
+                    .map_or(Tensor::zeros([5, inter], (Kind::Float, tch::Device::Cpu)), |d| {
+                        x.matmul(&d.tr())
+                    });
+                let diff = (stacked.get(i as i64) - expected).abs().max().double_value(&[]);
+                assert!(diff < 1e-5, "{targets:?} {p:?}: {diff}");
+            }
+        }
+        let mut cfg = config(vec![Proj::Gate, Proj::Up], false);
+        cfg.dropout = 0.5;
+        let lora = Lora::init(&model, cfg, 2).unwrap();
+        {
+            let _guard = tch::no_grad_guard();
+            let _ = lora.flat().fill_(0.1);
+        }
+        let layer = lora.layer(0, Kind::Float, true).unwrap();
+        let dropped = layer.add_stacked(&[Proj::Gate, Proj::Up], &x, base());
+        assert!(
+            !dropped.get(0).allclose(&dropped.get(1), 1e-6, 1e-6, false),
+            "Gate and Up must not share a dropout mask"
         );
     }
 

@@ -73,4 +73,8 @@ pub trait LayerAdapter {
     /// `widths[i]` columns each) for the rows `input` [N, in]; returns it with the adapter's
     /// update of every projection it adapts added.
     fn add(&self, group: &[Proj], widths: &[i64], input: &Tensor, base: Tensor) -> Tensor;
+
+    /// The same for projections of equal width computed as a batch: `base` [k, N, width] holds
+    /// the output of `group[i]` at `base[i]`.
+    fn add_stacked(&self, group: &[Proj], input: &Tensor, base: Tensor) -> Tensor;
 }

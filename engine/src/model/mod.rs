@@ -168,6 +168,13 @@ pub(crate) struct LayerWeights {
     /// O's and Down's weights transposed ([in, out] views), for the residual add-matmul.
     pub o_t: Tensor,
     pub down_t: Tensor,
+    /// Gate and Up as a batch of two [H, I] (a view of `gate_up`): one batched matmul gives
+    /// them as two contiguous [N, I] halves, so the SwiGLU product and its backward run on
+    /// contiguous memory (on column halves of [N, 2I] they were the slowest kernels of a
+    /// training step, and the halves' backward zero-filled and summed two [N, 2I] buffers).
+    pub gate_up_t: Tensor,
+    /// [2, 1, I], when the projections have biases.
+    pub gate_up_bias: Option<Tensor>,
 }
 
 impl LayerWeights {
@@ -214,6 +221,11 @@ impl LayerWeights {
         let gate_up = fuse(&[Proj::Gate, Proj::Up], previous.map(|p| &p.gate_up));
         let o_t = proj[&Proj::O].weight.tr();
         let down_t = proj[&Proj::Down].weight.tr();
+        let [two_i, hidden] = gate_up.weight.size()[..] else {
+            unreachable!("a projection weight is 2-D")
+        };
+        let gate_up_t = gate_up.weight.view([2, two_i / 2, hidden]).transpose(1, 2);
+        let gate_up_bias = gate_up.bias.as_ref().map(|b| b.view([2, 1, two_i / 2]));
         LayerWeights {
             input_norm,
             post_attention_norm,
@@ -222,6 +234,8 @@ impl LayerWeights {
             gate_up,
             o_t,
             down_t,
+            gate_up_t,
+            gate_up_bias,
         }
     }
 }
@@ -259,10 +273,12 @@ fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
 
 /// Rotary embedding of x [B, T, heads, head_dim] as HF computes it, x cos + rotate_half(x) sin,
 /// with rotate_half's sign folded into `sin_signed` so it is three ops: (x2, x1) is one cat.
+/// (The halves come from `chunk`, whose backward is one cat; `narrow`'s would zero-fill and
+/// add a full-size buffer per half.)
 fn apply_rotary(x: &Tensor, cos: &Tensor, sin_signed: &Tensor) -> Tensor {
     let last = x.dim() as i64 - 1;
-    let half = x.size()[last as usize] / 2;
-    let swapped = Tensor::cat(&[x.narrow(last, half, half), x.narrow(last, 0, half)], last);
+    let halves = x.chunk(2, last);
+    let swapped = Tensor::cat(&[&halves[1], &halves[0]], last);
     (x * cos).addcmul(&swapped, sin_signed)
 }
 
@@ -462,18 +478,14 @@ impl Model {
         let x = x.reshape([b * t, hidden_size]);
         let h = rms_norm(&x, &l.input_norm, cfg.rms_norm_eps);
         let qkv = adapted(&[Proj::Q, Proj::K, Proj::V], &h, l.qkv.forward(&h));
+        // Pieces by `split`, whose backward is one cat (see `apply_rotary`).
+        let qk_v = qkv.split_with_sizes([q_out + kv_out, kv_out], -1);
         // Rotary on the query and key heads together: [B, T, nh + nkv, hd].
-        let qk = apply_rotary(
-            &qkv.narrow(-1, 0, q_out + kv_out).view([b, t, nh + nkv, hd]),
-            &ctx.cos,
-            &ctx.sin_signed,
-        );
-        let q = qk.narrow(2, 0, nh).transpose(1, 2); // [B, nh, T, hd]
-        let k = qk.narrow(2, nh, nkv).transpose(1, 2); // [B, nkv, T, hd]
-        let v = qkv
-            .narrow(-1, q_out + kv_out, kv_out)
-            .view([b, t, nkv, hd])
-            .transpose(1, 2);
+        let qk = apply_rotary(&qk_v[0].view([b, t, nh + nkv, hd]), &ctx.cos, &ctx.sin_signed);
+        let q_k = qk.split_with_sizes([nh, nkv], 2);
+        let q = q_k[0].transpose(1, 2); // [B, nh, T, hd]
+        let k = q_k[1].transpose(1, 2); // [B, nkv, T, hd]
+        let v = qk_v[1].view([b, t, nkv, hd]).transpose(1, 2);
         let (k, v, new_cache) = match cache {
             Some(layer_kv) => {
                 let (k, v) = layer_kv.append(&k, &v);
@@ -521,9 +533,20 @@ impl Model {
         let attn = attn.transpose(1, 2).reshape([b * t, nh * hd]);
         let x = adapted(&[Proj::O], &attn, x.addmm(&attn, &l.o_t));
         let h = rms_norm(&x, &l.post_attention_norm, cfg.rms_norm_eps);
-        let inter = cfg.intermediate_size as i64;
-        let gate_up = adapted(&[Proj::Gate, Proj::Up], &h, l.gate_up.forward(&h));
-        let gated = gate_up.narrow(-1, 0, inter).silu() * gate_up.narrow(-1, inter, inter);
+        let rows = b * t;
+        let mut gate_up = h
+            .unsqueeze(0)
+            .expand([2, rows, hidden_size], false)
+            .bmm(&l.gate_up_t);
+        if let Some(bias) = &l.gate_up_bias {
+            gate_up = gate_up + bias;
+        }
+        let gate_up = match &layer_adapter {
+            Some(a) => a.add_stacked(&[Proj::Gate, Proj::Up], &h, gate_up),
+            None => gate_up,
+        };
+        let gate_and_up = gate_up.unbind(0);
+        let gated = gate_and_up[0].silu() * &gate_and_up[1];
         let out = adapted(&[Proj::Down], &gated, x.addmm(&gated, &l.down_t));
         (out.view([b, t, hidden_size]), new_cache)
     }

@@ -75,7 +75,7 @@ pub struct Batch {
     pub input_ids: Tensor,
     /// [B, T], 1 = real token.
     pub attention_mask: Tensor,
-    /// Flat indices into [B * (T - 1)] of the positions whose next token is a label.
+    /// Flat indices into [B * T] of the positions whose next token is a label.
     label_positions: Tensor,
     /// The labels at those positions.
     label_targets: Tensor,
@@ -102,7 +102,7 @@ impl Batch {
             // Position j predicts label j + 1 (HF shifts labels by one).
             for (j, &label) in row_labels.iter().enumerate().skip(1) {
                 if label != IGNORE {
-                    positions.push((r * (t - 1) + j - 1) as i64);
+                    positions.push((r * t + j - 1) as i64);
                     targets.push(label);
                 }
             }
@@ -173,9 +173,11 @@ impl<'a> Trainer<'a> {
 
     /// Sum of the cross-entropy over the batch's label tokens, from the last hidden state.
     fn loss_sum(&self, hidden: &Tensor, batch: &Batch) -> Tensor {
-        let (b, t, h) = (hidden.size()[0], hidden.size()[1], hidden.size()[2]);
-        let predicting = hidden.narrow(1, 0, t - 1).reshape([b * (t - 1), h]);
-        let selected = predicting.index_select(0, &batch.label_positions).unsqueeze(0);
+        let h = hidden.size()[2];
+        let selected = hidden
+            .reshape([-1, h])
+            .index_select(0, &batch.label_positions)
+            .unsqueeze(0);
         // log-softmax reads the half-precision logits and computes and writes f32 in one kernel
         // (and its backward hands back half precision): no separate f32 copy of [N, vocab].
         let logits = self.model.logits(&selected).squeeze_dim(0);
