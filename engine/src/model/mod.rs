@@ -534,13 +534,14 @@ impl Model {
         let x = adapted(&[Proj::O], &attn, x.addmm(&attn, &l.o_t));
         let h = rms_norm(&x, &l.post_attention_norm, cfg.rms_norm_eps);
         let rows = b * t;
-        let mut gate_up = h
+        let gate_up = h
             .unsqueeze(0)
             .expand([2, rows, hidden_size], false)
             .bmm(&l.gate_up_t);
-        if let Some(bias) = &l.gate_up_bias {
-            gate_up = gate_up + bias;
-        }
+        let gate_up = match &l.gate_up_bias {
+            Some(bias) => gate_up + bias,
+            None => gate_up,
+        };
         let gate_up = match &layer_adapter {
             Some(a) => a.add_stacked(&[Proj::Gate, Proj::Up], &h, gate_up),
             None => gate_up,
