@@ -142,6 +142,11 @@ impl KvCache {
     }
 }
 
+/// From this many rows (prefill, extraction, training) Gate and Up run as one batched matmul
+/// into two contiguous halves (`LayerWeights::gate_up_t`); decoding steps, a few rows each, keep
+/// the single matmul over [2 I] columns, which reads the weights in the fewest launches.
+const STACKED_GATE_UP_ROWS: i64 = 1024;
+
 pub(crate) struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
@@ -534,20 +539,26 @@ impl Model {
         let x = adapted(&[Proj::O], &attn, x.addmm(&attn, &l.o_t));
         let h = rms_norm(&x, &l.post_attention_norm, cfg.rms_norm_eps);
         let rows = b * t;
-        let gate_up = h
-            .unsqueeze(0)
-            .expand([2, rows, hidden_size], false)
-            .bmm(&l.gate_up_t);
-        let gate_up = match &l.gate_up_bias {
-            Some(bias) => gate_up + bias,
-            None => gate_up,
+        let gated = if rows >= STACKED_GATE_UP_ROWS {
+            let gate_up = h
+                .unsqueeze(0)
+                .expand([2, rows, hidden_size], false)
+                .bmm(&l.gate_up_t);
+            let gate_up = match &l.gate_up_bias {
+                Some(bias) => gate_up + bias,
+                None => gate_up,
+            };
+            let gate_up = match &layer_adapter {
+                Some(a) => a.add_stacked(&[Proj::Gate, Proj::Up], &h, gate_up),
+                None => gate_up,
+            };
+            let gate_and_up = gate_up.unbind(0);
+            gate_and_up[0].silu() * &gate_and_up[1]
+        } else {
+            let gate_up = adapted(&[Proj::Gate, Proj::Up], &h, l.gate_up.forward(&h));
+            let gate_and_up = gate_up.chunk(2, -1);
+            gate_and_up[0].silu() * &gate_and_up[1]
         };
-        let gate_up = match &layer_adapter {
-            Some(a) => a.add_stacked(&[Proj::Gate, Proj::Up], &h, gate_up),
-            None => gate_up,
-        };
-        let gate_and_up = gate_up.unbind(0);
-        let gated = gate_and_up[0].silu() * &gate_and_up[1];
         let out = adapted(&[Proj::Down], &gated, x.addmm(&gated, &l.down_t));
         (out.view([b, t, hidden_size]), new_cache)
     }

@@ -524,6 +524,58 @@ mod tests {
         assert!((loss_fresh - loss_plain).abs() > 1e-6);
     }
 
+    /// From 1024 rows the model computes Gate/Up as a batch of two (`STACKED_GATE_UP_ROWS`):
+    /// a 4 x 300 batch takes that path, each row alone the single-matmul one. The loss sums and
+    /// the adapter's gradients must agree.
+    #[test]
+    fn stacked_and_single_gate_up_give_the_same_loss_and_gradients() {
+        let model = tiny();
+        let l = lora(&model, 0.0);
+        {
+            let _guard = tch::no_grad_guard();
+            tch::manual_seed(21);
+            for mut p in l.parameters() {
+                p.copy_(&(Tensor::randn_like(&p) * 0.05));
+            }
+        }
+        let rows: Vec<Vec<i64>> = (0..4)
+            .map(|r| {
+                (0..300)
+                    .map(|j| ((r * 977 + j * 131) % 1000) as i64 + 1)
+                    .collect()
+            })
+            .collect();
+        let batch_of = |rows: &[Vec<i64>]| {
+            let pairs: Vec<(&[i64], &[i64])> = rows.iter().map(|r| (r.as_slice(), r.as_slice())).collect();
+            Batch::new(&pairs, 0, 8, tch::Device::Cpu)
+        };
+        let trainer = Trainer::new(&model, &l, config(false), 1);
+        let together = trainer
+            .micro_step(&batch_of(&rows), 1.0)
+            .unwrap()
+            .double_value(&[]);
+        let grad_together = l.flat_grad();
+        l.zero_grad();
+        let mut apart = 0.0;
+        for row in &rows {
+            apart += trainer
+                .micro_step(&batch_of(std::slice::from_ref(row)), 1.0)
+                .unwrap()
+                .double_value(&[]);
+        }
+        let grad_apart = l.flat_grad();
+        assert!(
+            (together - apart).abs() < 1e-5 * apart.abs(),
+            "{together} vs {apart}"
+        );
+        let scale = grad_apart.abs().max().double_value(&[]);
+        let diff = (&grad_together - &grad_apart).abs().max().double_value(&[]);
+        assert!(
+            scale > 0.0 && diff < 1e-4 * scale,
+            "gradients differ by {diff} (scale {scale})"
+        );
+    }
+
     /// The GPU computes in bf16: the f32 adapter is cast into the bf16 forward and its
     /// gradients come back in f32; both modes still agree and the loss falls.
     #[test]
