@@ -13,7 +13,7 @@
 //! with one dropout kernel for the group, instead of a dozen small kernels per projection: the
 //! training step on a 7B model launches tens of thousands of them.
 
-use crate::model::{Adapter, LayerAdapter, Model, Proj};
+use crate::model::{add_stacked_one_by_one, Adapter, LayerAdapter, Model, Proj};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -577,14 +577,7 @@ impl LayerAdapter for LoraLayer<'_> {
         let neighbours = adapted.windows(2).all(|w| w[1] == w[0] + 1);
         if adapted.len() < group.len() || !neighbours {
             // Not every member adapted (or an unusual layout): member by member.
-            let width = base.size()[2];
-            let parts: Vec<Tensor> = base
-                .unbind(0)
-                .into_iter()
-                .zip(group)
-                .map(|(part, p)| self.add(&[*p], &[width], input, part))
-                .collect();
-            return Tensor::stack(&parts, 0);
+            return add_stacked_one_by_one(self, group, input, base);
         }
         let first = adapted[0];
         let copies = adapted.len() as i64;

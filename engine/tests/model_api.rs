@@ -64,17 +64,6 @@ impl LayerAdapter for &LowRank {
         parts[i] = &parts[i] + input.matmul(&self.a.tr()).matmul(&self.b.tr());
         Tensor::cat(&parts, -1)
     }
-
-    fn add_stacked(&self, group: &[Proj], input: &Tensor, base: Tensor) -> Tensor {
-        let width = base.size()[2];
-        let parts: Vec<Tensor> = base
-            .unbind(0)
-            .into_iter()
-            .zip(group)
-            .map(|(part, p)| self.add(&[*p], &[width], input, part))
-            .collect();
-        Tensor::stack(&parts, 0)
-    }
 }
 
 fn low_rank(model: &Model, layer: usize, proj: Proj) -> LowRank {

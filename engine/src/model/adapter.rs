@@ -75,6 +75,25 @@ pub trait LayerAdapter {
     fn add(&self, group: &[Proj], widths: &[i64], input: &Tensor, base: Tensor) -> Tensor;
 
     /// The same for projections of equal width computed as a batch: `base` [k, N, width] holds
-    /// the output of `group[i]` at `base[i]`.
-    fn add_stacked(&self, group: &[Proj], input: &Tensor, base: Tensor) -> Tensor;
+    /// the output of `group[i]` at `base[i]`. By default member by member through `add`.
+    fn add_stacked(&self, group: &[Proj], input: &Tensor, base: Tensor) -> Tensor {
+        add_stacked_one_by_one(self, group, input, base)
+    }
+}
+
+/// `LayerAdapter::add_stacked` done with `add`, one member at a time.
+pub fn add_stacked_one_by_one<A: LayerAdapter + ?Sized>(
+    adapter: &A,
+    group: &[Proj],
+    input: &Tensor,
+    base: Tensor,
+) -> Tensor {
+    let width = base.size()[2];
+    let parts: Vec<Tensor> = base
+        .unbind(0)
+        .into_iter()
+        .zip(group)
+        .map(|(part, p)| adapter.add(&[*p], &[width], input, part))
+        .collect();
+    Tensor::stack(&parts, 0)
 }

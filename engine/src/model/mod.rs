@@ -11,7 +11,7 @@ mod adapter;
 mod config;
 mod load;
 
-pub use adapter::{Adapter, LayerAdapter, Proj};
+pub use adapter::{add_stacked_one_by_one, Adapter, LayerAdapter, Proj};
 pub use config::{Architecture, ModelConfig};
 pub use load::LoadError;
 
