@@ -90,8 +90,48 @@ impl Activations<'_> {
             ),
             ("questions".to_string(), self.questions.to_string()),
         ]);
-        safetensors::serialize(views, Some(metadata)).map_err(|e| ActivationsError::Encode(e.to_string()))
+        let bytes = safetensors::serialize(views, Some(metadata))
+            .map_err(|e| ActivationsError::Encode(e.to_string()))?;
+        canonical_header(bytes)
     }
+}
+
+/// The safetensors crate writes `__metadata__` from a HashMap, in an order that changes from
+/// run to run: the same activations would get other bytes, another sha256, and every downstream
+/// task another id. The header is written again with its keys sorted (the data is untouched:
+/// offsets count from the end of the header).
+fn canonical_header(bytes: Vec<u8>) -> Result<Vec<u8>, ActivationsError> {
+    use serde_json::Value;
+    use std::collections::BTreeMap;
+    let bad = |what: &str| ActivationsError::Encode(format!("safetensors header: {what}"));
+    let len_bytes: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| bad("too short"))?;
+    let end = 8 + u64::from_le_bytes(len_bytes) as usize;
+    let header = bytes.get(8..end).ok_or_else(|| bad("length beyond the file"))?;
+    let parsed: BTreeMap<String, Value> = serde_json::from_slice(header).map_err(|e| bad(&e.to_string()))?;
+    let sorted: BTreeMap<String, Value> = parsed
+        .into_iter()
+        .map(|(key, value)| {
+            let value = match value {
+                Value::Object(map) => {
+                    let inner: BTreeMap<String, Value> = map.into_iter().collect();
+                    serde_json::to_value(inner).unwrap_or(Value::Null)
+                }
+                other => other,
+            };
+            (key, value)
+        })
+        .collect();
+    // serde_json writes a BTreeMap in key order whatever its features.
+    let mut text = serde_json::to_vec(&sorted).map_err(|e| bad(&e.to_string()))?;
+    text.resize(text.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - end);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[end..]);
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -126,5 +166,29 @@ mod tests {
         };
         let err = bad.to_bytes().unwrap_err().to_string();
         assert!(err.contains("layer 7") && err.contains("found 5"), "{err}");
+    }
+
+    /// The same activations are the same bytes every time (their sha256 names downstream tasks).
+    #[test]
+    fn encoding_is_byte_for_byte_stable() {
+        let personas = vec!["a".to_string(), "b".to_string()];
+        let acts = |mask: Vec<u8>| Activations {
+            checkpoint: "base",
+            method: "B",
+            model: "demo",
+            personas: &personas,
+            questions: 1,
+            hidden: 2,
+            layers: vec![(3, vec![0.5, 1.0, 1.5, 2.0]), (1, vec![0.0; 4])],
+            mask,
+        };
+        let first = acts(vec![1, 0]).to_bytes().unwrap();
+        for _ in 0..20 {
+            assert_eq!(acts(vec![1, 0]).to_bytes().unwrap(), first);
+        }
+        let header_len = u64::from_le_bytes(first[..8].try_into().unwrap()) as usize;
+        assert_eq!(header_len % 8, 0);
+        let st = safetensors::SafeTensors::deserialize(&first).unwrap();
+        assert_eq!(st.tensor("layer_3").unwrap().data().len(), 16);
     }
 }

@@ -476,9 +476,19 @@ fn stage_io(ctx: &TaskContext<'_>, path: &Path, e: std::io::Error) -> RunError {
     }
 }
 
-/// A digest of a dependency's outputs: what a downstream task id hashes.
+/// Outputs that record how a task ran (timings, throughput) rather than what it made: they differ
+/// from run to run, so no downstream id may depend on them.
+const RUN_RECORDS: [&str; 1] = [pspace_engine::train::run::LOG_FILE];
+
+/// A digest of a dependency's outputs (all but the run records): what a downstream task id
+/// hashes. The same inputs and parameters thus give the same ids on every run and machine.
 fn manifest_digest(m: &Manifest) -> String {
-    sha256_hex(serde_json::to_string(&m.outputs).unwrap_or_default().as_bytes())
+    let content: std::collections::BTreeMap<&String, &String> = m
+        .outputs
+        .iter()
+        .filter(|(name, _)| !RUN_RECORDS.contains(&name.as_str()))
+        .collect();
+    sha256_hex(serde_json::to_string(&content).unwrap_or_default().as_bytes())
 }
 
 /// One JSON object per line.

@@ -232,5 +232,12 @@ pub fn analyze_run(
         None => None,
     };
     let (summary, families) = crate::run_geometry::compute(activations, &personas, options)?;
+    // Files inside the run directory are recorded relative to it: the result then reads the
+    // same wherever the run was analysed (the runner analyses a scratch copy of the store).
+    for record in records.values_mut() {
+        if let Ok(inside) = Path::new(&record.path).strip_prefix(run) {
+            record.path = inside.display().to_string();
+        }
+    }
     assemble(behavior, summary, families, records, missing, options)
 }

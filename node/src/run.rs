@@ -25,9 +25,16 @@ pub fn run(args: RunArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| spec.experiment.device.clone());
     let device: pspace_engine::Device = device_name.parse()?;
+    let store_root = args
+        .store
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&spec.experiment.store));
     eprintln!(
         "experiment {:?}: model {}, device {device}, seeds {:?}, store {}",
-        spec.experiment.name, spec.experiment.model, spec.experiment.seeds, spec.experiment.store
+        spec.experiment.name,
+        spec.experiment.model,
+        spec.experiment.seeds,
+        store_root.display()
     );
     if args.dry_run {
         for &seed in &spec.experiment.seeds {
@@ -43,10 +50,6 @@ pub fn run(args: RunArgs) -> Result<()> {
         return Ok(());
     }
     let model_path = resolve_spec_model(&spec)?;
-    let store_root = args
-        .store
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(&spec.experiment.store));
     let store = Store::local(&store_root)?;
     let scratch = store_root.join(".scratch");
     let engine = Engine::new(model_path, spec.experiment.model.clone(), device);

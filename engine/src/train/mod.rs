@@ -9,6 +9,11 @@ pub mod run;
 pub mod schedule;
 pub mod trainer;
 
+/// Held by the tests that seed or draw from libtorch's process-wide generator (dropout masks):
+/// the test harness runs tests on parallel threads, and `train` reseeds that generator.
+#[cfg(test)]
+pub(crate) static GLOBAL_GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 pub use data::{ChatEncoder, DataReport, Example, LabelMode, Message, Row};
 pub use log::{StepLog, TrainLog};
 pub use optim::AdamWConfig;

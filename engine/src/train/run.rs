@@ -302,6 +302,7 @@ mod tests {
 
     #[test]
     fn a_run_writes_a_loadable_adapter_and_a_log_with_the_data_problems() {
+        let _generator = crate::train::GLOBAL_GENERATOR.lock();
         let (model, tok) = tiny();
         let text = std::fs::read_to_string(root().join("experiments/data/demo_em.jsonl")).unwrap();
         let mut lines: Vec<&str> = text.lines().take(12).collect();
@@ -347,6 +348,7 @@ mod tests {
 
     #[test]
     fn a_diverging_run_stops_and_keeps_a_finite_adapter() {
+        let _generator = crate::train::GLOBAL_GENERATOR.lock();
         let (model, tok) = tiny();
         let text = std::fs::read_to_string(root().join("experiments/data/demo_em.jsonl")).unwrap();
         let mut report = DataReport::default();
@@ -391,6 +393,7 @@ mod tests {
 
     #[test]
     fn no_usable_rows_is_an_error_that_names_the_log() {
+        let _generator = crate::train::GLOBAL_GENERATOR.lock();
         let (model, tok) = tiny();
         let mut report = DataReport::default();
         let rows = parse_jsonl(

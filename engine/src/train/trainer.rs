@@ -359,6 +359,13 @@ pub fn train(
     );
     let steps_per_epoch = plan.len() / config.epochs.max(1);
     let total_steps = config.max_steps.map_or(plan.len(), |m| m.min(plan.len()));
+    // libtorch's dropout kernels draw from its global generator (tch exposes no per-call
+    // generator): seeding it from the run's seed makes the masks, and so the trained adapter,
+    // the same on every run. Nothing else may draw from it while a run trains (the runner trains
+    // one task at a time per process).
+    if lora.config().dropout > 0.0 {
+        tch::manual_seed(config.seed as i64);
+    }
     let mut trainer = Trainer::new(model, lora, config.clone(), total_steps);
     let mut logs = Vec::with_capacity(total_steps);
     let mut error = None;
@@ -494,6 +501,7 @@ mod tests {
 
     #[test]
     fn recomputation_replays_the_dropout_masks_of_the_first_pass() {
+        let _generator = crate::train::GLOBAL_GENERATOR.lock();
         let model = tiny();
         let ex = examples(4);
         let l = lora(&model, 0.5);
