@@ -1,0 +1,115 @@
+//! `pspace run` end to end on `tests/data/tiny_run.toml` (the demo's shape on the 1 MB random
+//! Qwen2 fixture): every task of the DAG runs and commits, a second run is a no-op, a second store
+//! gets the same task ids and the same bytes (determinism), and a damaged output or a task that
+//! died before its manifest is run again alone, restoring the same bytes.
+
+use pspace_tests::{pspace_bin, repo_root};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn spec() -> PathBuf {
+    repo_root().join("tests/data/tiny_run.toml")
+}
+
+/// Runs the tiny spec into `store`; returns stderr (task lines and the summary).
+fn run(store: &Path) -> String {
+    let out = Command::new(pspace_bin())
+        .arg("run")
+        .arg(spec())
+        .arg("--store")
+        .arg(store)
+        .output()
+        .expect("run pspace");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "pspace run failed:\n{stderr}");
+    stderr
+}
+
+/// "N ran, M already committed" of the summary line.
+fn counts(stderr: &str) -> (usize, usize) {
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("done: "))
+        .unwrap_or_else(|| panic!("no summary line in:\n{stderr}"));
+    let inside = line.split('(').nth(1).and_then(|r| r.split(')').next()).unwrap();
+    let numbers: Vec<usize> = inside
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    (numbers[0], numbers[1])
+}
+
+/// Every committed task (path relative to the store) -> its outputs' sha256 (training logs,
+/// which hold timings, left out).
+fn manifests(store: &Path) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut found = BTreeMap::new();
+    let mut stack = vec![store.join("tiny")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.file_name().is_some_and(|n| n == "manifest.json") {
+                let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+                let outputs = m["outputs"]
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .filter(|(name, _)| name.as_str() != "train_log.json")
+                    .map(|(name, hash)| (name.clone(), hash.as_str().unwrap().to_string()))
+                    .collect();
+                let task = path.parent().unwrap().strip_prefix(store).unwrap();
+                found.insert(task.display().to_string(), outputs);
+            }
+        }
+    }
+    found
+}
+
+fn task_dir(store: &Path, prefix: &str) -> PathBuf {
+    let parent = store.join("tiny/42").join(prefix.split('/').next().unwrap());
+    let label = prefix.split('/').nth(1).unwrap();
+    std::fs::read_dir(&parent)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(label))
+        .unwrap_or_else(|| panic!("no task {prefix} under {}", parent.display()))
+}
+
+#[test]
+fn a_run_commits_every_task_resumes_and_is_reproducible() {
+    let first = tempfile::tempdir().unwrap();
+    let stderr = run(first.path());
+    let (ran, cached) = counts(&stderr);
+    assert_eq!((ran, cached), (16, 0), "{stderr}");
+    let analyse = task_dir(first.path(), "analyse/all");
+    for file in ["report.md", "result.json"] {
+        assert!(analyse.join(file).exists(), "{file} missing in {}", analyse.display());
+    }
+    let result: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(analyse.join("result.json")).unwrap()).unwrap();
+    assert_eq!(result["schema_version"], 1);
+    let committed = manifests(first.path());
+    assert_eq!(committed.len(), 16);
+
+    // A finished run is a no-op.
+    assert_eq!(counts(&run(first.path())), (0, 16));
+
+    // Another store, the same ids and the same bytes.
+    let second = tempfile::tempdir().unwrap();
+    run(second.path());
+    assert_eq!(manifests(second.path()), committed);
+
+    // A damaged output and a task that died before writing its manifest: those two run again,
+    // and only they; their outputs come back byte for byte.
+    let extract = task_dir(first.path(), "extract/E0_assistant");
+    let original = std::fs::read(extract.join("A.safetensors")).unwrap();
+    std::fs::write(extract.join("A.safetensors"), b"not activations").unwrap();
+    let marker_eval = task_dir(first.path(), "marker_eval/E4_villain");
+    std::fs::remove_file(marker_eval.join("manifest.json")).unwrap();
+    let stderr = run(first.path());
+    assert_eq!(counts(&stderr), (2, 14), "{stderr}");
+    assert_eq!(std::fs::read(extract.join("A.safetensors")).unwrap(), original);
+    assert_eq!(manifests(first.path()), committed);
+}
