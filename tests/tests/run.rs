@@ -85,7 +85,11 @@ fn a_run_commits_every_task_resumes_and_is_reproducible() {
     assert_eq!((ran, cached), (16, 0), "{stderr}");
     let analyse = task_dir(first.path(), "analyse/all");
     for file in ["report.md", "result.json"] {
-        assert!(analyse.join(file).exists(), "{file} missing in {}", analyse.display());
+        assert!(
+            analyse.join(file).exists(),
+            "{file} missing in {}",
+            analyse.display()
+        );
     }
     let result: serde_json::Value =
         serde_json::from_slice(&std::fs::read(analyse.join("result.json")).unwrap()).unwrap();
