@@ -17,14 +17,33 @@ use std::sync::Arc;
 pub enum StoreError {
     #[error("store location {location:?}: {message}")]
     Config { location: String, message: String },
-    #[error("store {op} {key}: {source}")]
+    /// `cause` is kept out of the error chain on purpose: object_store's errors repeat their
+    /// inner errors in their own text, so the chain would print the same failure four times.
+    #[error("store {location}: cannot {op} {key}: {}", describe(cause))]
     Io {
+        location: String,
         op: &'static str,
         key: String,
-        source: object_store::Error,
+        cause: Box<object_store::Error>,
     },
     #[error("manifest {key} is not valid JSON: {source}")]
     BadManifest { key: String, source: serde_json::Error },
+}
+
+/// What went wrong, once: the innermost cause (the outer levels repeat it with context we give
+/// ourselves), with a hint when the server refused the credentials.
+fn describe(error: &object_store::Error) -> String {
+    let mut innermost: &dyn std::error::Error = error;
+    while let Some(next) = innermost.source() {
+        innermost = next;
+    }
+    let hint = match error {
+        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
+            " (the server refused the request: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+        }
+        _ => "",
+    };
+    format!("{innermost}{hint}")
 }
 
 /// The commit record of one task.
@@ -59,7 +78,65 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// Where a store lives, parsed from a location string: `s3://bucket[/prefix]` or a folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Local(std::path::PathBuf),
+    S3 { bucket: String, prefix: String },
+}
+
+impl Location {
+    pub fn parse(location: &str) -> Result<Location, StoreError> {
+        let Some(rest) = location.strip_prefix("s3://") else {
+            return Ok(Location::Local(location.into()));
+        };
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(StoreError::Config {
+                location: location.to_string(),
+                message: "expected s3://BUCKET[/PREFIX], found no bucket name".into(),
+            });
+        }
+        Ok(Location::S3 {
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+        })
+    }
+}
+
 impl Store {
+    /// The store at `location`: a local folder, or `s3://bucket[/prefix]` on any S3-compatible
+    /// server. For S3 the connection comes from the standard environment: AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_REGION (default us-east-1), AWS_ENDPOINT for a server that is
+    /// not AWS (MinIO, Ceph, ...) and AWS_ALLOW_HTTP=true for a plain-http endpoint.
+    pub fn open(location: &str) -> Result<Store, StoreError> {
+        match Location::parse(location)? {
+            Location::Local(root) => Store::local(&root),
+            Location::S3 { bucket, prefix } => {
+                let config = |message: String| StoreError::Config {
+                    location: location.to_string(),
+                    message,
+                };
+                let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(&bucket);
+                if std::env::var_os("AWS_REGION").is_none()
+                    && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+                {
+                    builder = builder.with_region("us-east-1");
+                }
+                let s3 = builder.build().map_err(|e| config(e.to_string()))?;
+                let inner: Arc<dyn ObjectStore> = if prefix.is_empty() {
+                    Arc::new(s3)
+                } else {
+                    Arc::new(object_store::prefix::PrefixStore::new(s3, prefix.as_str()))
+                };
+                Ok(Store {
+                    inner,
+                    description: location.to_string(),
+                })
+            }
+        }
+    }
+
     /// A store rooted at a local folder (created if absent).
     pub fn local(root: &std::path::Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(root).map_err(|e| StoreError::Config {
@@ -92,10 +169,11 @@ impl Store {
         self.inner
             .put(&StorePath::from(key), PutPayload::from(Bytes::from(bytes)))
             .await
-            .map_err(|source| StoreError::Io {
+            .map_err(|cause| StoreError::Io {
+                location: self.description.clone(),
                 op: "put",
                 key: key.to_string(),
-                source,
+                cause: Box::new(cause),
             })?;
         Ok(hash)
     }
@@ -105,15 +183,17 @@ impl Store {
             .inner
             .get(&StorePath::from(key))
             .await
-            .map_err(|source| StoreError::Io {
+            .map_err(|cause| StoreError::Io {
+                location: self.description.clone(),
                 op: "get",
                 key: key.to_string(),
-                source,
+                cause: Box::new(cause),
             })?;
-        got.bytes().await.map_err(|source| StoreError::Io {
+        got.bytes().await.map_err(|cause| StoreError::Io {
+            location: self.description.clone(),
             op: "read",
             key: key.to_string(),
-            source,
+            cause: Box::new(cause),
         })
     }
 
@@ -121,10 +201,9 @@ impl Store {
     pub async fn get_opt(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
         match self.get(key).await {
             Ok(b) => Ok(Some(b)),
-            Err(StoreError::Io {
-                source: object_store::Error::NotFound { .. },
-                ..
-            }) => Ok(None),
+            Err(StoreError::Io { cause, .. }) if matches!(*cause, object_store::Error::NotFound { .. }) => {
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }
@@ -173,6 +252,27 @@ mod tests {
             started_unix_ms: 0,
             finished_unix_ms: 1,
         }
+    }
+
+    #[test]
+    fn locations_parse_and_a_bucketless_one_is_an_error() {
+        assert_eq!(Location::parse("runs").unwrap(), Location::Local("runs".into()));
+        assert_eq!(
+            Location::parse("s3://lab-runs/pspace/").unwrap(),
+            Location::S3 {
+                bucket: "lab-runs".into(),
+                prefix: "pspace".into()
+            }
+        );
+        assert_eq!(
+            Location::parse("s3://lab-runs").unwrap(),
+            Location::S3 {
+                bucket: "lab-runs".into(),
+                prefix: String::new()
+            }
+        );
+        let err = Location::parse("s3:///x").unwrap_err().to_string();
+        assert!(err.contains("s3://BUCKET") && err.contains("s3:///x"), "{err}");
     }
 
     #[tokio::test]

@@ -44,9 +44,11 @@ pub struct RunArgs {
     /// Print the task plan and exit without running anything.
     #[arg(long)]
     pub dry_run: bool,
-    /// Store folder for the run's artifacts. Overrides the spec's [experiment].store.
+    /// Where the run's artifacts go: a folder, or s3://BUCKET[/PREFIX] on any S3-compatible
+    /// server (connection from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT,
+    /// AWS_ALLOW_HTTP). Overrides the spec's [experiment].store.
     #[arg(long)]
-    pub store: Option<PathBuf>,
+    pub store: Option<String>,
 }
 
 #[derive(Debug, Args)]

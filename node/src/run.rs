@@ -7,7 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use pspace_actors::local::{LocalRunner, RunObserver, TaskOutcome};
 use pspace_actors::spec::Spec;
 use pspace_actors::stages::Engine;
-use pspace_actors::store::Store;
+use pspace_actors::store::{sha256_hex, Location, Store};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -25,16 +25,13 @@ pub fn run(args: RunArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| spec.experiment.device.clone());
     let device: pspace_engine::Device = device_name.parse()?;
-    let store_root = args
+    let location = args
         .store
         .clone()
-        .unwrap_or_else(|| PathBuf::from(&spec.experiment.store));
+        .unwrap_or_else(|| spec.experiment.store.clone());
     eprintln!(
-        "experiment {:?}: model {}, device {device}, seeds {:?}, store {}",
-        spec.experiment.name,
-        spec.experiment.model,
-        spec.experiment.seeds,
-        store_root.display()
+        "experiment {:?}: model {}, device {device}, seeds {:?}, store {location}",
+        spec.experiment.name, spec.experiment.model, spec.experiment.seeds
     );
     if args.dry_run {
         for &seed in &spec.experiment.seeds {
@@ -50,8 +47,17 @@ pub fn run(args: RunArgs) -> Result<()> {
         return Ok(());
     }
     let model_path = resolve_spec_model(&spec)?;
-    let store = Store::local(&store_root)?;
-    let scratch = store_root.join(".scratch");
+    let store = Store::open(&location)?;
+    // Local work files (the analysis reads files): beside a local store, else a temporary folder
+    // named after the store (PSPACE_SCRATCH overrides).
+    let scratch = match (std::env::var_os("PSPACE_SCRATCH"), Location::parse(&location)?) {
+        (Some(dir), _) => PathBuf::from(dir),
+        (None, Location::Local(root)) => root.join(".scratch"),
+        (None, Location::S3 { .. }) => std::env::temp_dir().join(format!(
+            "pspace-scratch-{}",
+            &sha256_hex(location.as_bytes())[..12]
+        )),
+    };
     let engine = Engine::new(model_path, spec.experiment.model.clone(), device);
     let mut runner = LocalRunner {
         spec: &spec,
@@ -67,15 +73,14 @@ pub fn run(args: RunArgs) -> Result<()> {
     observer.finish();
     let ran = outcomes.iter().filter(|o| !o.cached).count();
     eprintln!(
-        "done: {} tasks ({ran} ran, {} already committed) in {}",
+        "done: {} tasks ({ran} ran, {} already committed) in {location}",
         outcomes.len(),
         outcomes.len() - ran,
-        store_root.display()
     );
     if let Some(analyse) = outcomes.iter().rev().find(|o| o.key.starts_with("analyse/")) {
-        let dir = store_root.join(&analyse.dir);
-        println!("report: {}", dir.join("report.md").display());
-        println!("result: {}", dir.join("result.json").display());
+        let dir = format!("{}/{}", location.trim_end_matches('/'), analyse.dir);
+        println!("report: {dir}/report.md");
+        println!("result: {dir}/result.json");
     }
     Ok(())
 }

@@ -3,20 +3,16 @@
 //! gets the same task ids and the same bytes (determinism), and a damaged output or a task that
 //! died before its manifest is run again alone, restoring the same bytes.
 
-use pspace_tests::{pspace_bin, repo_root};
+use pspace_tests::{pspace_bin, summary_counts, tiny_spec};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn spec() -> PathBuf {
-    repo_root().join("tests/data/tiny_run.toml")
-}
 
 /// Runs the tiny spec into `store`; returns stderr (task lines and the summary).
 fn run(store: &Path) -> String {
     let out = Command::new(pspace_bin())
         .arg("run")
-        .arg(spec())
+        .arg(tiny_spec())
         .arg("--store")
         .arg(store)
         .output()
@@ -24,20 +20,6 @@ fn run(store: &Path) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "pspace run failed:\n{stderr}");
     stderr
-}
-
-/// "N ran, M already committed" of the summary line.
-fn counts(stderr: &str) -> (usize, usize) {
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with("done: "))
-        .unwrap_or_else(|| panic!("no summary line in:\n{stderr}"));
-    let inside = line.split('(').nth(1).and_then(|r| r.split(')').next()).unwrap();
-    let numbers: Vec<usize> = inside
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    (numbers[0], numbers[1])
 }
 
 /// Every committed task (path relative to the store) -> its outputs' sha256 (training logs,
@@ -81,7 +63,7 @@ fn task_dir(store: &Path, prefix: &str) -> PathBuf {
 fn a_run_commits_every_task_resumes_and_is_reproducible() {
     let first = tempfile::tempdir().unwrap();
     let stderr = run(first.path());
-    let (ran, cached) = counts(&stderr);
+    let (ran, cached) = summary_counts(&stderr);
     assert_eq!((ran, cached), (16, 0), "{stderr}");
     let analyse = task_dir(first.path(), "analyse/all");
     for file in ["report.md", "result.json"] {
@@ -98,7 +80,7 @@ fn a_run_commits_every_task_resumes_and_is_reproducible() {
     assert_eq!(committed.len(), 16);
 
     // A finished run is a no-op.
-    assert_eq!(counts(&run(first.path())), (0, 16));
+    assert_eq!(summary_counts(&run(first.path())), (0, 16));
 
     // Another store, the same ids and the same bytes.
     let second = tempfile::tempdir().unwrap();
@@ -113,7 +95,7 @@ fn a_run_commits_every_task_resumes_and_is_reproducible() {
     let marker_eval = task_dir(first.path(), "marker_eval/E4_villain");
     std::fs::remove_file(marker_eval.join("manifest.json")).unwrap();
     let stderr = run(first.path());
-    assert_eq!(counts(&stderr), (2, 14), "{stderr}");
+    assert_eq!(summary_counts(&stderr), (2, 14), "{stderr}");
     assert_eq!(std::fs::read(extract.join("A.safetensors")).unwrap(), original);
     assert_eq!(manifests(first.path()), committed);
 }
