@@ -5,7 +5,9 @@
 //! Every figure reads only the result file's numbers.
 
 use crate::result::AnalysisResult;
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
+use plotters::element::{Drawable, PointCollection};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::FontStyle;
@@ -54,27 +56,24 @@ fn save(figure: &impl Figure, dir: &Path, name: &str) -> Result<String, FigureEr
     let (w, h) = figure.size();
     let png = dir.join(format!("{name}.png"));
     let svg = dir.join(format!("{name}.svg"));
-    {
-        let area = BitMapBackend::new(&png, (w, h)).into_drawing_area();
-        figure
-            .draw(&area)
-            .and_then(|_| area.present().map_err(err))
-            .map_err(|message| FigureError::Draw {
-                path: png.clone(),
-                message,
-            })?;
-    }
-    {
-        let area = SVGBackend::new(&svg, (w, h)).into_drawing_area();
-        figure
-            .draw(&area)
-            .and_then(|_| area.present().map_err(err))
-            .map_err(|message| FigureError::Draw {
-                path: svg.clone(),
-                message,
-            })?;
-    }
+    render(figure, BitMapBackend::new(&png, (w, h)).into_drawing_area(), &png)?;
+    render(figure, SVGBackend::new(&svg, (w, h)).into_drawing_area(), &svg)?;
     Ok(format!("{name}.png"))
+}
+
+/// Draws `figure` on `area` and writes it out (`path` names it in errors).
+fn render<DB: DrawingBackend>(
+    figure: &impl Figure,
+    area: DrawingArea<DB, Shift>,
+    path: &Path,
+) -> Result<(), FigureError> {
+    figure
+        .draw(&area)
+        .and_then(|_| area.present().map_err(err))
+        .map_err(|message| FigureError::Draw {
+            path: path.to_path_buf(),
+            message,
+        })
 }
 
 fn palette(i: usize) -> RGBColor {
@@ -107,6 +106,33 @@ fn short(condition: &str) -> String {
     condition.split('_').next().unwrap_or(condition).to_string()
 }
 
+/// Tick labels for categories drawn in unit slots [i, i + 1): `names[i]` at each slot's centre,
+/// nothing elsewhere.
+fn slot_labels(names: Vec<String>) -> impl Fn(&f64) -> String {
+    move |x: &f64| {
+        let i = x.floor() as usize;
+        if (x - i as f64 - 0.5).abs() < 1e-6 {
+            names.get(i).cloned().unwrap_or_default()
+        } else {
+            String::new()
+        }
+    }
+}
+
+type Chart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// Draws one element (a bar, a point, a line, a label) on a chart.
+fn draw_one<DB: DrawingBackend, E>(chart: &mut Chart<'_, DB>, element: E) -> Drawn
+where
+    for<'b> &'b E: PointCollection<'b, (f64, f64)>,
+    E: Drawable<DB>,
+{
+    chart
+        .draw_series(std::iter::once(element))
+        .map(|_| ())
+        .map_err(err)
+}
+
 /// Condition x persona leakage heatmap (personas as rows, conditions as columns).
 struct Heatmap<'a>(&'a AnalysisResult);
 
@@ -134,22 +160,9 @@ impl Figure for Heatmap<'_> {
             .map_err(err)?;
         let conditions = b.conditions.clone();
         let personas = b.personas.clone();
-        let x_fmt = move |x: &f64| {
-            let i = x.floor() as usize;
-            if (x - i as f64 - 0.5).abs() < 1e-6 {
-                conditions.get(i).map(|c| short(c)).unwrap_or_default()
-            } else {
-                String::new()
-            }
-        };
-        let y_fmt = move |y: &f64| {
-            let i = y.floor() as usize;
-            if (y - i as f64 - 0.5).abs() < 1e-6 {
-                personas.get(np - 1 - i.min(np - 1)).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        };
+        let x_fmt = slot_labels(conditions.iter().map(|c| short(c)).collect());
+        // Personas top to bottom: slot 0 is the last one.
+        let y_fmt = slot_labels(personas.iter().rev().cloned().collect());
         chart
             .configure_mesh()
             .disable_mesh()
@@ -166,12 +179,10 @@ impl Figure for Heatmap<'_> {
                 let value = b.leakage[condition][persona];
                 let row = (np - 1 - p) as f64;
                 let x = c as f64;
-                chart
-                    .draw_series(std::iter::once(Rectangle::new(
-                        [(x, row), (x + 1.0, row + 1.0)],
-                        heat(value).filled(),
-                    )))
-                    .map_err(err)?;
+                draw_one(
+                    &mut chart,
+                    Rectangle::new([(x, row), (x + 1.0, row + 1.0)], heat(value).filled()),
+                )?;
                 let mark = if Some(persona) == induction {
                     "*"
                 } else if *persona == b.config.source_persona {
@@ -182,13 +193,10 @@ impl Figure for Heatmap<'_> {
                 let centred = TextStyle::from((FONT, 13).into_font())
                     .color(&BLACK)
                     .pos(Pos::new(HPos::Center, VPos::Center));
-                chart
-                    .draw_series(std::iter::once(Text::new(
-                        format!("{value:.1}{mark}"),
-                        (x + 0.5, row + 0.5),
-                        centred,
-                    )))
-                    .map_err(err)?;
+                draw_one(
+                    &mut chart,
+                    Text::new(format!("{value:.1}{mark}"), (x + 0.5, row + 0.5), centred),
+                )?;
             }
         }
         Ok(())
@@ -239,22 +247,19 @@ fn draw_behavior_panel<DB: DrawingBackend>(r: &AnalysisResult, area: &DrawingAre
         .map_err(err)?;
     for (i, (x, y, ci, label)) in points.iter().enumerate() {
         let color = palette(i);
-        chart
-            .draw_series(std::iter::once(PathElement::new(
-                vec![(*x, ci[0]), (*x, ci[1])],
-                color.stroke_width(2),
-            )))
-            .map_err(err)?;
-        chart
-            .draw_series(std::iter::once(Circle::new((*x, *y), 5, color.filled())))
-            .map_err(err)?;
-        chart
-            .draw_series(std::iter::once(Text::new(
+        draw_one(
+            &mut chart,
+            PathElement::new(vec![(*x, ci[0]), (*x, ci[1])], color.stroke_width(2)),
+        )?;
+        draw_one(&mut chart, Circle::new((*x, *y), 5, color.filled()))?;
+        draw_one(
+            &mut chart,
+            Text::new(
                 format!("{label} {y:.1}%"),
                 (*x + 0.004, *y + 0.4),
                 (FONT, 13).into_font().color(&BLACK),
-            )))
-            .map_err(err)?;
+            ),
+        )?;
     }
     Ok(())
 }
@@ -271,15 +276,7 @@ fn draw_rates_panel<DB: DrawingBackend>(r: &AnalysisResult, area: &DrawingArea<D
         .y_label_area_size(55)
         .build_cartesian_2d(0f64..n as f64, 0f64..120f64)
         .map_err(err)?;
-    let names = b.conditions.clone();
-    let fmt = move |x: &f64| {
-        let i = x.floor() as usize;
-        if (x - i as f64 - 0.5).abs() < 1e-6 {
-            names.get(i).map(|c| short(c)).unwrap_or_default()
-        } else {
-            String::new()
-        }
-    };
+    let fmt = slot_labels(b.conditions.iter().map(|c| short(c)).collect());
     chart
         .configure_mesh()
         .disable_x_mesh()
@@ -294,25 +291,22 @@ fn draw_rates_panel<DB: DrawingBackend>(r: &AnalysisResult, area: &DrawingArea<D
     let bystander = palette(0);
     for (i, c) in b.conditions.iter().enumerate() {
         let x = i as f64;
-        chart
-            .draw_series(std::iter::once(Rectangle::new(
-                [(x + 0.1, 0.0), (x + 0.48, b.source_rate[c])],
-                source.filled(),
-            )))
-            .map_err(err)?;
-        chart
-            .draw_series(std::iter::once(Rectangle::new(
+        draw_one(
+            &mut chart,
+            Rectangle::new([(x + 0.1, 0.0), (x + 0.48, b.source_rate[c])], source.filled()),
+        )?;
+        draw_one(
+            &mut chart,
+            Rectangle::new(
                 [(x + 0.52, 0.0), (x + 0.9, b.mean_bystander[c])],
                 bystander.filled(),
-            )))
-            .map_err(err)?;
+            ),
+        )?;
         if let Some([lo, hi]) = b.ci_mean_bystander.get(c) {
-            chart
-                .draw_series(std::iter::once(PathElement::new(
-                    vec![(x + 0.71, *lo), (x + 0.71, *hi)],
-                    BLACK.stroke_width(2),
-                )))
-                .map_err(err)?;
+            draw_one(
+                &mut chart,
+                PathElement::new(vec![(x + 0.71, *lo), (x + 0.71, *hi)], BLACK.stroke_width(2)),
+            )?;
         }
     }
     chart
@@ -492,15 +486,7 @@ impl Figure for CheckpointGrid<'_> {
                     .y_label_area_size(48)
                     .build_cartesian_2d(0f64..checkpoints.len() as f64, (y_min - pad)..(y_max + pad))
                     .map_err(err)?;
-                let names = checkpoints.clone();
-                let fmt = move |x: &f64| {
-                    let i = x.floor() as usize;
-                    if (x - i as f64 - 0.5).abs() < 1e-6 {
-                        names.get(i).map(|c| short(c)).unwrap_or_default()
-                    } else {
-                        String::new()
-                    }
-                };
+                let fmt = slot_labels(checkpoints.iter().map(|c| short(c)).collect());
                 chart
                     .configure_mesh()
                     .disable_x_mesh()
@@ -512,22 +498,21 @@ impl Figure for CheckpointGrid<'_> {
                     .draw()
                     .map_err(err)?;
                 if let Some(level) = self.reference_line {
-                    chart
-                        .draw_series(std::iter::once(PathElement::new(
+                    draw_one(
+                        &mut chart,
+                        PathElement::new(
                             vec![(0.0, level), (checkpoints.len() as f64, level)],
                             BLACK.stroke_width(1),
-                        )))
-                        .map_err(err)?;
+                        ),
+                    )?;
                 }
                 for (i, checkpoint) in checkpoints.iter().enumerate() {
                     if let Some(&v) = by_checkpoint.get(checkpoint) {
                         let x = i as f64;
-                        chart
-                            .draw_series(std::iter::once(Rectangle::new(
-                                [(x + 0.15, y_min - pad), (x + 0.85, v)],
-                                palette(i).filled(),
-                            )))
-                            .map_err(err)?;
+                        draw_one(
+                            &mut chart,
+                            Rectangle::new([(x + 0.15, y_min - pad), (x + 0.85, v)], palette(i).filled()),
+                        )?;
                     }
                 }
             }

@@ -66,49 +66,50 @@ fn behavior_outcome(row: &BehaviorRow) -> (Outcome, String) {
 
 fn verdict_table(out: &mut String, r: &FlavourVerdicts, s: &FlavourVerdicts) {
     out.push_str("| row | pre-registered criterion | reference | principled | numbers (reference flavour) |\n|---|---|---|---|---|\n");
-    row_line(out, "G1", "M1 delta > 0, BH q < 0.01, both methods, >= 3/5 layers; all 5 conditions or cos-monotone; EM-vs-benign contrast", geometry_outcome(&r.g1), geometry_outcome(&s.g1));
-    row_line(
-        out,
-        "G2",
-        "M2 delta > 0, same layer and pattern rules",
-        geometry_outcome(&r.g2),
-        geometry_outcome(&s.g2),
-    );
-    row_line(
-        out,
-        "G3",
-        "M3 accuracy drop >= 5 pp, same layer and pattern rules",
-        geometry_outcome(&r.g3),
-        geometry_outcome(&s.g3),
-    );
-    row_line(
-        out,
-        "H1",
-        "induction persona - other bystanders >= 5 pp, raw p < 0.05, in >= 3/4 testable conditions",
-        behavior_outcome(&r.h1),
-        behavior_outcome(&s.h1),
-    );
-    row_line(
-        out,
-        "H2",
-        "range of mean bystander <= 15 pp and p > 0.10",
-        behavior_outcome(&r.h2),
-        behavior_outcome(&s.h2),
-    );
-    row_line(
-        out,
-        "H3",
-        "\\|Spearman rho\\| >= 0.7 and exact p < 0.05",
-        behavior_outcome(&r.h3),
-        behavior_outcome(&s.h3),
-    );
-    row_line(
-        out,
-        "kill",
-        "all geometry q > 0.5, behaviour flat and <= 5 %, H3 null",
-        behavior_outcome(&r.kill),
-        behavior_outcome(&s.kill),
-    );
+    let geometry = [
+        ("G1", "M1 delta > 0, BH q < 0.01, both methods, >= 3/5 layers; all 5 conditions or cos-monotone; EM-vs-benign contrast", &r.g1, &s.g1),
+        ("G2", "M2 delta > 0, same layer and pattern rules", &r.g2, &s.g2),
+        ("G3", "M3 accuracy drop >= 5 pp, same layer and pattern rules", &r.g3, &s.g3),
+    ];
+    for (row, criterion, reference, principled) in geometry {
+        row_line(
+            out,
+            row,
+            criterion,
+            geometry_outcome(reference),
+            geometry_outcome(principled),
+        );
+    }
+    let behaviour = [
+        (
+            "H1",
+            "induction persona - other bystanders >= 5 pp, raw p < 0.05, in >= 3/4 testable conditions",
+            &r.h1,
+            &s.h1,
+        ),
+        (
+            "H2",
+            "range of mean bystander <= 15 pp and p > 0.10",
+            &r.h2,
+            &s.h2,
+        ),
+        ("H3", "\\|Spearman rho\\| >= 0.7 and exact p < 0.05", &r.h3, &s.h3),
+        (
+            "kill",
+            "all geometry q > 0.5, behaviour flat and <= 5 %, H3 null",
+            &r.kill,
+            &s.kill,
+        ),
+    ];
+    for (row, criterion, reference, principled) in behaviour {
+        row_line(
+            out,
+            row,
+            criterion,
+            behavior_outcome(reference),
+            behavior_outcome(principled),
+        );
+    }
 }
 
 fn headline(out: &mut String, name: &str, v: &FlavourVerdicts) {
