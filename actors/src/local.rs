@@ -18,6 +18,7 @@ use crate::task::{task_seed, TaskKind};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
+use tracing::Instrument;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -100,35 +101,61 @@ impl LocalRunner<'_> {
                 );
                 observer.task_started(index, total, &key, &id);
                 let started = std::time::Instant::now();
-                let (manifest, cached) = match self.store.verified_manifest(&dir).await? {
-                    Some(m) => (m, true),
-                    None => {
-                        let ctx = TaskContext {
-                            seed,
-                            task_id: &id,
-                            dir: &dir,
-                            planned: &planned,
-                            deps: &done,
-                            personas: &personas,
-                            questions: &questions,
-                            extraction: &extraction,
-                        };
-                        let start_ms = now_ms();
-                        let outputs = self.execute(&ctx, observer).await?;
-                        let manifest = Manifest {
-                            task_id: id.clone(),
-                            kind: task.kind.as_str().to_string(),
-                            label: task.label.clone(),
-                            spec: serde_json::from_str(&task.canonical_json()).unwrap_or_default(),
-                            outputs,
-                            pspace_version: env!("CARGO_PKG_VERSION").to_string(),
-                            started_unix_ms: start_ms,
-                            finished_unix_ms: now_ms(),
-                        };
-                        self.store.commit(&dir, &manifest).await?;
-                        (manifest, false)
+                // One span per task (exported as a trace when telemetry is on): its name is the
+                // task's key; whether it was already committed is recorded when known.
+                let span = tracing::info_span!(
+                    "task",
+                    otel.name = %key,
+                    task.id = %id,
+                    task.kind = task.kind.as_str(),
+                    task.label = %task.label,
+                    seed,
+                    cached = tracing::field::Empty,
+                    otel.status_code = tracing::field::Empty,
+                    error = tracing::field::Empty,
+                );
+                let attempt = async {
+                    Ok::<_, RunError>(match self.store.verified_manifest(&dir).await? {
+                        Some(m) => (m, true),
+                        None => {
+                            let ctx = TaskContext {
+                                seed,
+                                task_id: &id,
+                                dir: &dir,
+                                planned: &planned,
+                                deps: &done,
+                                personas: &personas,
+                                questions: &questions,
+                                extraction: &extraction,
+                            };
+                            let start_ms = now_ms();
+                            let outputs = self.execute(&ctx, observer).await?;
+                            let manifest = Manifest {
+                                task_id: id.clone(),
+                                kind: task.kind.as_str().to_string(),
+                                label: task.label.clone(),
+                                spec: serde_json::from_str(&task.canonical_json()).unwrap_or_default(),
+                                outputs,
+                                pspace_version: env!("CARGO_PKG_VERSION").to_string(),
+                                started_unix_ms: start_ms,
+                                finished_unix_ms: now_ms(),
+                            };
+                            self.store.commit(&dir, &manifest).await?;
+                            (manifest, false)
+                        }
+                    })
+                }
+                .instrument(span.clone())
+                .await;
+                let (manifest, cached) = match attempt {
+                    Ok(done) => done,
+                    Err(e) => {
+                        span.record("otel.status_code", "ERROR");
+                        span.record("error", tracing::field::display(&e));
+                        return Err(e);
                     }
                 };
+                span.record("cached", cached);
                 let outcome = TaskOutcome {
                     key: key.clone(),
                     task_id: id,

@@ -7,13 +7,23 @@ mod doctor;
 mod paths;
 mod probe;
 mod run;
+mod telemetry;
 mod train;
 
 use clap::Parser;
 
 fn main() {
     let cli = cli::Cli::parse();
-    if let Err(err) = dispatch(cli) {
+    let mut telemetry = match telemetry::init() {
+        Ok(t) => t,
+        Err(err) => {
+            eprintln!("pspace: error: {err:#}");
+            std::process::exit(1);
+        }
+    };
+    let outcome = dispatch(cli);
+    telemetry.shutdown();
+    if let Err(err) = outcome {
         eprintln!("pspace: error: {err:#}");
         std::process::exit(1);
     }

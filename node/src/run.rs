@@ -10,6 +10,7 @@ use pspace_actors::stages::Engine;
 use pspace_actors::store::{sha256_hex, Location, Store};
 use std::path::PathBuf;
 use std::time::Duration;
+use tracing::Instrument;
 
 pub fn run(args: RunArgs) -> Result<()> {
     let spec = match &args.spec {
@@ -69,7 +70,14 @@ pub fn run(args: RunArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let outcomes = runtime.block_on(runner.run(&mut observer))?;
+    let trace_root = tracing::info_span!(
+        "run",
+        experiment = %spec.experiment.name,
+        model = %spec.experiment.model,
+        device = %device,
+        store = %location,
+    );
+    let outcomes = runtime.block_on(runner.run(&mut observer).instrument(trace_root))?;
     observer.finish();
     let ran = outcomes.iter().filter(|o| !o.cached).count();
     eprintln!(
