@@ -22,6 +22,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run an experiment spec end to end (default: the embedded demo), resuming finished tasks.
+    ///
+    /// Every task commits its outputs with a manifest written last; a rerun skips committed tasks
+    /// (and re-runs any whose outputs no longer match). Environment: AWS_* for an s3:// store,
+    /// PSPACE_SCRATCH for local work files, OTEL_EXPORTER_OTLP_ENDPOINT to export the run as a
+    /// trace (OTLP/HTTP, e.g. Jaeger on port 4318).
     Run(RunArgs),
     /// Report libtorch, CUDA devices, matmul speed and where the demo model is.
     Doctor(DoctorArgs),
