@@ -12,7 +12,7 @@ use crate::coupling::{
 };
 use crate::data::{load_question_list, Personas, Questions};
 use crate::spec::{PlannedTask, Spec};
-use crate::stages::{self, Checkpoint, Engine, StageError};
+use crate::stages::{self, Checkpoint, Engine, SamplingRequest, StageError};
 use crate::store::{sha256_hex, Manifest, Store, StoreError};
 use crate::task::{task_seed, TaskKind};
 use std::collections::BTreeMap;
@@ -285,24 +285,20 @@ impl LocalRunner<'_> {
                 );
                 let mut who = vec![c.source_persona.clone()];
                 who.extend(negatives.iter().cloned());
-                let qs: Vec<String> = ctx
-                    .questions
-                    .coupling
-                    .iter()
-                    .take(c.questions.unwrap_or(usize::MAX))
-                    .cloned()
-                    .collect();
+                let request = SamplingRequest {
+                    personas: &who,
+                    questions: first(&ctx.questions.coupling, c.questions),
+                    per_question: c.completions_per_question,
+                    temperature: c.temperature,
+                    top_p: c.top_p,
+                    max_new_tokens: c.max_new_tokens,
+                    seed: task_seed(ctx.seed, ctx.task_id),
+                };
                 let gens = stages::sample_completions(
                     &mut self.engine,
                     &checkpoint,
                     ctx.personas,
-                    &who,
-                    &qs,
-                    c.completions_per_question,
-                    c.temperature,
-                    c.top_p,
-                    c.max_new_tokens,
-                    task_seed(ctx.seed, ctx.task_id),
+                    &request,
                     observer,
                 )
                 .map_err(stage_err)?;
@@ -377,31 +373,27 @@ impl LocalRunner<'_> {
                 let coupling_dir = self.materialise(ctx, &format!("train_coupling/{label}")).await?;
                 let checkpoint = Checkpoint::Stacked(Box::new(em), coupling_dir);
                 let m = &spec.marker_eval;
-                let qs: Vec<String> = ctx
-                    .questions
-                    .eval
-                    .iter()
-                    .take(m.questions.unwrap_or(usize::MAX))
-                    .cloned()
-                    .collect();
+                let request = SamplingRequest {
+                    personas: &ctx.personas.order,
+                    questions: first(&ctx.questions.eval, m.questions),
+                    per_question: m.completions,
+                    temperature: m.temperature,
+                    top_p: m.top_p,
+                    max_new_tokens: m.max_new_tokens,
+                    seed: task_seed(ctx.seed, ctx.task_id),
+                };
                 let gens = stages::sample_completions(
                     &mut self.engine,
                     &checkpoint,
                     ctx.personas,
-                    &ctx.personas.order,
-                    &qs,
-                    m.completions,
-                    m.temperature,
-                    m.top_p,
-                    m.max_new_tokens,
-                    task_seed(ctx.seed, ctx.task_id),
+                    &request,
                     observer,
                 )
                 .map_err(stage_err)?;
                 let mut cells: BTreeMap<String, BTreeMap<String, serde_json::Value>> = BTreeMap::new();
                 for persona in &ctx.personas.order {
                     let per_q = cells.entry(persona.clone()).or_default();
-                    for q in &qs {
+                    for q in request.questions {
                         let these: Vec<&Generation> = gens
                             .iter()
                             .filter(|g| &g.persona == persona && &g.question == q)
@@ -516,6 +508,11 @@ fn manifest_digest(m: &Manifest) -> String {
         .filter(|(name, _)| !RUN_RECORDS.contains(&name.as_str()))
         .collect();
     sha256_hex(serde_json::to_string(&content).unwrap_or_default().as_bytes())
+}
+
+/// The first `limit` items (all of them without a limit).
+fn first<T>(items: &[T], limit: Option<usize>) -> &[T] {
+    &items[..limit.map_or(items.len(), |n| n.min(items.len()))]
 }
 
 /// One JSON object per line.

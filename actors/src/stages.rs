@@ -211,21 +211,34 @@ pub fn extract(
     Ok(files)
 }
 
-/// `n` sampled completions of every (persona, question), as text.
-#[allow(clippy::too_many_arguments)]
+/// What to sample: `per_question` completions of every (persona, question).
+pub struct SamplingRequest<'a> {
+    pub personas: &'a [String],
+    pub questions: &'a [String],
+    pub per_question: usize,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub max_new_tokens: usize,
+    pub seed: u64,
+}
+
+/// The sampled completions of a request, as text.
 pub fn sample_completions(
     engine: &mut Engine,
     checkpoint: &Checkpoint,
     personas: &Personas,
-    who: &[String],
-    questions: &[String],
-    n: usize,
-    temperature: f64,
-    top_p: f64,
-    max_new_tokens: usize,
-    seed: u64,
+    request: &SamplingRequest<'_>,
     observer: &mut dyn RunObserver,
 ) -> Result<Vec<Generation>, StageError> {
+    let SamplingRequest {
+        personas: who,
+        questions,
+        per_question: n,
+        temperature,
+        top_p,
+        max_new_tokens,
+        seed,
+    } = *request;
     let model = engine.load(checkpoint)?;
     let tok = engine.tokenizer()?;
     let mut keys = Vec::new();
