@@ -502,41 +502,38 @@ struct LoraLayer<'a> {
 }
 
 impl LoraLayer<'_> {
-    /// Positions in `layout.projs` of the group's members that are adapted.
-    fn members(&self, group: &[Proj]) -> Vec<Option<usize>> {
-        group
-            .iter()
-            .map(|p| self.layout.projs.iter().position(|q| q == p))
-            .collect()
+    /// Where `proj` is in `layout.projs`, if it is adapted.
+    fn position(&self, proj: Proj) -> Option<usize> {
+        self.layout.projs.iter().position(|&q| q == proj)
+    }
+
+    /// Positions in `layout.projs` of the group's adapted members. The model's groups are runs
+    /// of neighbouring projections in `Proj` order (Q, K, V; Gate, Up; O; Down), so these are
+    /// consecutive and the members' A matrices are one block of the A region.
+    fn adapted(&self, group: &[Proj]) -> Vec<usize> {
+        let adapted: Vec<usize> = group.iter().filter_map(|&p| self.position(p)).collect();
+        debug_assert!(
+            adapted.windows(2).all(|w| w[1] == w[0] + 1),
+            "group {group:?} is not a run of neighbouring projections"
+        );
+        adapted
     }
 }
 
 impl LayerAdapter for LoraLayer<'_> {
     fn add(&self, group: &[Proj], widths: &[i64], input: &Tensor, base: Tensor) -> Tensor {
         let layout = self.layout;
-        let adapted: Vec<usize> = group
-            .iter()
-            .filter_map(|p| layout.projs.iter().position(|q| q == p))
-            .collect();
+        let adapted = self.adapted(group);
         let Some(&first) = adapted.first() else {
             return base;
         };
         let [rank, in_dim] = layout.a_shapes[first];
         let copies = adapted.len() as i64;
-        // The group's A matrices, [copies * r, in]: one block when they are neighbours in the
-        // layout (always, for the model's groups), else gathered.
-        let contiguous = adapted.windows(2).all(|w| w[1] == w[0] + 1);
-        let a_all = if contiguous {
-            self.a_region
-                .narrow(0, layout.a_offsets[first], copies * rank * in_dim)
-                .view([copies * rank, in_dim])
-        } else {
-            let blocks: Vec<Tensor> = adapted
-                .iter()
-                .map(|&i| self.a_region.narrow(0, layout.a_offsets[i], rank * in_dim))
-                .collect();
-            Tensor::cat(&blocks, 0).view([copies * rank, in_dim])
-        };
+        // The group's A matrices, [copies * r, in], one view.
+        let a_all = self
+            .a_region
+            .narrow(0, layout.a_offsets[first], copies * rank * in_dim)
+            .view([copies * rank, in_dim]);
         // z = [x A_1^T | x A_2^T | ...], [N, copies * r], each member with its own dropout.
         let z = if !self.dropout {
             input.matmul(&a_all.tr())
@@ -560,7 +557,7 @@ impl LayerAdapter for LoraLayer<'_> {
             let blocks: Vec<Tensor> = group
                 .iter()
                 .zip(widths)
-                .map(|(p, &w)| match layout.projs.iter().position(|q| q == p) {
+                .map(|(&p, &w)| match self.position(p) {
                     Some(i) => self.scaled_b[i].shallow_clone(),
                     None => Tensor::zeros([w, 0], (self.a_region.kind(), self.a_region.device())),
                 })
@@ -572,11 +569,9 @@ impl LayerAdapter for LoraLayer<'_> {
 
     fn add_stacked(&self, group: &[Proj], input: &Tensor, base: Tensor) -> Tensor {
         let layout = self.layout;
-        let members = self.members(group);
-        let adapted: Vec<usize> = members.iter().flatten().copied().collect();
-        let neighbours = adapted.windows(2).all(|w| w[1] == w[0] + 1);
-        if adapted.len() < group.len() || !neighbours {
-            // Not every member adapted (or an unusual layout): member by member.
+        let adapted = self.adapted(group);
+        if adapted.len() < group.len() {
+            // Not every member adapted: member by member.
             return add_stacked_one_by_one(self, group, input, base);
         }
         let first = adapted[0];
