@@ -15,6 +15,7 @@ use crate::spec::{PlannedTask, Spec};
 use crate::stages::{self, Checkpoint, Engine, SamplingRequest, StageError};
 use crate::store::{sha256_hex, Manifest, Store, StoreError};
 use crate::task::{task_seed, TaskKind};
+use crate::training::{train_chat, train_marker};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -247,16 +248,10 @@ impl LocalRunner<'_> {
                 };
                 let out = self.scratch.join(ctx.dir);
                 let data = spec.root.join(&set.data);
-                let files = stages::train_sft(
-                    &mut self.engine,
-                    &Checkpoint::Base,
-                    &data,
-                    set,
-                    system.as_deref(),
-                    task_seed(ctx.seed, ctx.task_id),
-                    &out,
-                    observer,
-                )
+                let seed = task_seed(ctx.seed, ctx.task_id);
+                let files = stages::train(&mut self.engine, &Checkpoint::Base, &out, |model, tok| {
+                    train_chat(model, tok, &data, set, system.as_deref(), seed, &out, observer)
+                })
                 .map_err(stage_err)?;
                 self.put_all(ctx, files, &mut outputs).await?;
             }
@@ -355,16 +350,10 @@ impl LocalRunner<'_> {
                     "coupling.jsonl",
                 )?;
                 let out = self.scratch.join(ctx.dir);
-                let files = stages::train_coupling(
-                    &mut self.engine,
-                    &em,
-                    &rows,
-                    &spec.coupling,
-                    &spec.coupling.marker_suffix,
-                    task_seed(ctx.seed, ctx.task_id),
-                    &out,
-                    observer,
-                )
+                let (c, seed) = (&spec.coupling, task_seed(ctx.seed, ctx.task_id));
+                let files = stages::train(&mut self.engine, &em, &out, |model, tok| {
+                    train_marker(model, tok, &rows, c, &c.marker_suffix, seed, &out, observer)
+                })
                 .map_err(stage_err)?;
                 self.put_all(ctx, files, &mut outputs).await?;
             }

@@ -6,10 +6,10 @@
 //! (`local.rs`) owns ids, the store and commits.
 
 use crate::activations::Activations;
-use crate::coupling::{CouplingRow, Generation};
+use crate::coupling::Generation;
 use crate::data::Personas;
 use crate::local::RunObserver;
-use crate::spec::{AnalysisParams, Coupling, Extraction, TrainingSet};
+use crate::spec::{AnalysisParams, Extraction};
 use pspace_engine::generate::{generate_with_progress, SamplingParams};
 use pspace_engine::model::Model;
 use pspace_engine::tokenizer::{ChatMessage, ChatTokenizer};
@@ -336,38 +336,17 @@ pub fn read_tree(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, StageError> {
     Ok(files)
 }
 
-/// EM or benign LoRA SFT of the base model on a chat JSONL file; returns the adapter files.
-#[allow(clippy::too_many_arguments)]
-pub fn train_sft(
+/// A LoRA training on `checkpoint`: `run` gets the loaded model and tokenizer and writes the
+/// adapter into `out` (`training::train_chat` for EM and benign SFT, `training::train_marker` for
+/// the coupling); returns the adapter files.
+pub fn train(
     engine: &mut Engine,
     checkpoint: &Checkpoint,
-    data: &Path,
-    set: &TrainingSet,
-    system: Option<&str>,
-    seed: u64,
     out: &Path,
-    observer: &mut dyn RunObserver,
+    run: impl FnOnce(&Model, &ChatTokenizer) -> Result<(), StageError>,
 ) -> Result<Vec<(String, Vec<u8>)>, StageError> {
     let model = engine.load(checkpoint)?;
     let tok = engine.tokenizer()?;
-    crate::training::train_chat(&model, &tok, data, set, system, seed, out, observer)?;
-    read_tree(out)
-}
-
-/// Marker coupling on an EM checkpoint; returns the coupling adapter files.
-#[allow(clippy::too_many_arguments)]
-pub fn train_coupling(
-    engine: &mut Engine,
-    checkpoint: &Checkpoint,
-    rows: &[CouplingRow],
-    params: &Coupling,
-    marker: &str,
-    seed: u64,
-    out: &Path,
-    observer: &mut dyn RunObserver,
-) -> Result<Vec<(String, Vec<u8>)>, StageError> {
-    let model = engine.load(checkpoint)?;
-    let tok = engine.tokenizer()?;
-    crate::training::train_marker(&model, &tok, rows, params, marker, seed, out, observer)?;
+    run(&model, &tok)?;
     read_tree(out)
 }
