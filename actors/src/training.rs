@@ -1,96 +1,144 @@
 //! The bridge from a spec's training sections to the engine's trainer: a `Recipe` becomes an
 //! `SftConfig`, data files and coupling rows become trainer rows, and the adapter plus its
 //! training log land in the task's folder.
+//!
+//! The rows trained are the rows the spec asks for: a malformed line anywhere in a data file,
+//! or a row the trainer cannot use (no final assistant turn, an empty turn, a template error),
+//! stops the task unless the spec section sets `allow_shortfall`.
 
 use crate::coupling::CouplingRow;
-use crate::local::RunObserver;
+use crate::executor::{Progress, StageError};
 use crate::spec::{Coupling, Recipe, TrainingSet};
-use crate::stages::StageError;
 use pspace_engine::model::{Model, Proj};
 use pspace_engine::tokenizer::ChatTokenizer;
-use pspace_engine::train::{run_sft, DataReport, LabelMode, Message, Row, ScheduleKind, SftConfig};
+use pspace_engine::train::run::RunError;
+use pspace_engine::train::{run_sft, DataReport, LabelMode, Message, Row, SftConfig};
 use std::path::Path;
 
+/// The trainer's configuration for `recipe`; every field comes from the spec (the preset only
+/// supplies the struct).
 fn sft_config(
     recipe: &Recipe,
     label_mode: LabelMode,
     system: Option<&str>,
     seed: u64,
+    allow_shortfall: bool,
 ) -> Result<SftConfig, StageError> {
     let mut c = SftConfig::em();
     let targets = recipe
         .lora
-        .targets
+        .target_modules
         .iter()
-        .map(|t| Proj::from_peft_name(t).ok_or_else(|| StageError::Train(format!("unknown LoRA target {t:?}: expected q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj or down_proj"))))
+        .map(|t| Proj::from_peft_name(t).ok_or_else(|| StageError::Train(format!("unknown LoRA target module {t:?}: expected q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj or down_proj"))))
         .collect::<Result<Vec<_>, _>>()?;
     c.lora.rank = recipe.lora.r;
-    c.lora.alpha = recipe.lora.alpha;
-    c.lora.dropout = recipe.lora.dropout;
+    c.lora.alpha = recipe.lora.lora_alpha;
+    c.lora.dropout = recipe.lora.lora_dropout;
     c.lora.targets = targets;
-    c.lora.use_rslora = recipe.lora.rslora;
+    c.lora.use_rslora = recipe.lora.use_rslora;
     c.lora_seed = seed;
-    c.train.learning_rate = recipe.lr;
-    c.train.adamw.betas = (recipe.betas[0], recipe.betas[1]);
-    c.train.adamw.eps = recipe.eps;
+    c.train.learning_rate = recipe.learning_rate;
+    c.train.adamw.betas = (recipe.adam_beta1, recipe.adam_beta2);
+    c.train.adamw.eps = recipe.adam_epsilon;
     c.train.adamw.weight_decay = recipe.weight_decay;
-    c.train.schedule = if recipe.schedule == "cosine" {
-        ScheduleKind::Cosine
-    } else {
-        ScheduleKind::Linear
-    };
+    c.train.schedule = recipe.lr_scheduler_type;
     c.train.warmup_ratio = recipe.warmup_ratio;
-    c.train.max_grad_norm = Some(recipe.clip_grad_norm);
-    c.train.micro_batch = recipe.micro_batch;
-    c.train.grad_accum = recipe.grad_accum;
-    c.train.epochs = recipe.epochs.ceil().max(1.0) as usize;
+    c.train.max_grad_norm = Some(recipe.max_grad_norm);
+    c.train.micro_batch = recipe.per_device_train_batch_size;
+    c.train.grad_accum = recipe.gradient_accumulation_steps;
+    c.train.epochs = recipe.num_train_epochs;
     c.train.max_steps = recipe.max_steps;
     c.train.seed = seed;
-    c.train.pad_multiple = recipe.pad_to_multiple;
+    c.train.pad_multiple = recipe.pad_to_multiple_of;
     c.label_mode = label_mode;
     c.system = system.map(str::to_string);
     c.max_len = recipe.max_len;
+    c.padding_free = recipe.padding_free;
+    c.allow_shortfall = allow_shortfall;
     Ok(c)
 }
 
-fn md5_hex(bytes: &[u8]) -> String {
+pub(crate) fn md5_hex(bytes: &[u8]) -> String {
     use md5::{Digest, Md5};
     hex::encode(Md5::digest(bytes))
 }
 
-/// EM or benign SFT on a chat JSONL file.
+/// A training data file and the sha256 its task was planned with (checked when given).
+pub struct DataFile {
+    pub path: std::path::PathBuf,
+    pub sha256: Option<String>,
+}
+
+/// EM or benign SFT on a chat JSONL file; `key` names the spec section in errors
+/// (`training.em`).
 #[allow(clippy::too_many_arguments)]
 pub fn train_chat(
     model: &Model,
     tok: &ChatTokenizer,
-    data: &Path,
+    key: &str,
+    file: &DataFile,
     set: &TrainingSet,
     system: Option<&str>,
     seed: u64,
     out: &Path,
-    observer: &mut dyn RunObserver,
+    observer: &mut dyn Progress,
 ) -> Result<(), StageError> {
-    let bytes = std::fs::read(data).map_err(|source| StageError::Io {
-        path: data.to_path_buf(),
-        source,
-    })?;
+    let data = file.path.as_path();
+    let bytes = std::fs::read(data).map_err(|e| StageError::io(data, e))?;
+    if let Some(planned) = &file.sha256 {
+        let here = crate::store::sha256_hex(&bytes);
+        if &here != planned {
+            return Err(StageError::Data(format!(
+                "{key}: {}: sha256 {here} here, but the task was planned with {planned}: this worker reads another file than the coordinator",
+                data.display()
+            )));
+        }
+    }
     if let Some(want) = &set.md5 {
         let found = md5_hex(&bytes);
-        if &found != want {
-            return Err(StageError::Train(format!(
+        if !found.eq_ignore_ascii_case(want) {
+            return Err(StageError::Data(format!(
                 "{}: md5 is {found}, the spec expects {want}",
                 data.display()
             )));
         }
     }
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        StageError::Data(format!(
+            "{}: expected UTF-8 text, found a byte that is not at offset {}",
+            data.display(),
+            e.valid_up_to()
+        ))
+    })?;
     let mut report = DataReport::default();
-    let text = String::from_utf8_lossy(&bytes);
-    let mut rows = pspace_engine::train::data::parse_jsonl(&text, &mut report);
+    let mut rows = pspace_engine::train::data::parse_jsonl(text, &mut report);
+    // A malformed line would shift which rows the first-N cut keeps: the file is broken, and
+    // no allow_shortfall makes it whole.
+    if let Some((line, problem)) = report.malformed.first() {
+        return Err(StageError::Data(format!(
+            "{key}: {}:{line}: expected a chat row: {problem} ({} malformed lines in all)",
+            data.display(),
+            report.malformed.len()
+        )));
+    }
     if let Some(n) = set.first_rows {
+        if n > rows.len() {
+            return Err(StageError::Data(format!(
+                "{}: first_rows is {n} but the file has {} rows",
+                data.display(),
+                rows.len()
+            )));
+        }
         rows.truncate(n);
     }
-    let config = sft_config(&set.recipe, LabelMode::LastTurn, system, seed)?;
-    run(model, tok, &rows, report, &config, out, observer)
+    let config = sft_config(
+        &set.recipe,
+        LabelMode::LastTurn,
+        system,
+        seed,
+        set.allow_shortfall,
+    )?;
+    run(model, tok, key, &rows, report, &config, out, observer)
 }
 
 /// Marker coupling on prompt/completion rows: positives learn the marker and the end of turn.
@@ -103,9 +151,15 @@ pub fn train_marker(
     marker_suffix: &str,
     seed: u64,
     out: &Path,
-    observer: &mut dyn RunObserver,
+    observer: &mut dyn Progress,
 ) -> Result<(), StageError> {
-    let marker = marker_suffix.trim().to_string();
+    // The loss covers every token of the appended suffix ("\n\n[ZLT]"), not only those of the
+    // marker text: the first of them is the decision to write the marker instead of ending the
+    // turn. Qwen2.5 tokenises "\n\n[" as one token, so there the two readings label the same
+    // tokens; SmolLM2 splits it into "\n", "\n", "[", and labelling only "[ZLT]" leaves the
+    // decision untrained (the coupled demo model then never starts the marker).
+    // (The spec requires the suffix to contain the marker, so it is not blank.)
+    let marker = marker_suffix.trim_end().to_string();
     let rows: Vec<Row> = rows
         .iter()
         .enumerate()
@@ -119,23 +173,67 @@ pub fn train_marker(
             positive: Some(r.positive),
         })
         .collect();
-    let config = sft_config(&params.recipe, LabelMode::Marker { marker }, None, seed)?;
-    run(model, tok, &rows, DataReport::default(), &config, out, observer)
+    let config = sft_config(
+        &params.recipe,
+        LabelMode::Marker { marker },
+        None,
+        seed,
+        params.allow_shortfall,
+    )?;
+    run(
+        model,
+        tok,
+        "coupling",
+        &rows,
+        DataReport::default(),
+        &config,
+        out,
+        observer,
+    )
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run(
     model: &Model,
     tok: &ChatTokenizer,
+    key: &str,
     rows: &[Row],
     report: DataReport,
     config: &SftConfig,
     out: &Path,
-    observer: &mut dyn RunObserver,
+    observer: &mut dyn Progress,
 ) -> Result<(), StageError> {
+    // Steps are traced in batches (at most ten spans per training): `train_steps` spans in
+    // a row, each covering the steps from `first_step` to `last_step` and the loss it ended on.
+    let open = |first: usize| {
+        tracing::info_span!(
+            "train_steps",
+            first_step = first,
+            last_step = tracing::field::Empty,
+            loss = tracing::field::Empty
+        )
+    };
+    let mut batch = Some(open(1));
     let mut on_step = |log: &pspace_engine::train::StepLog, total: usize| {
         observer.stage_progress(&format!("training, loss {:.4}", log.loss), log.step, total);
+        let per = total.div_ceil(10).max(1);
+        if log.step.is_multiple_of(per) || log.step >= total {
+            if let Some(span) = batch.take() {
+                span.record("last_step", log.step);
+                span.record("loss", log.loss);
+            }
+            if log.step < total {
+                batch = Some(open(log.step + 1));
+            }
+        }
     };
-    run_sft(model, tok, rows, report, config, out, "pspace", &mut on_step)
-        .map_err(|e| StageError::Train(e.to_string()))?;
-    Ok(())
+    match run_sft(model, tok, rows, report, config, out, "pspace", &mut on_step) {
+        Ok(_) => Ok(()),
+        // The data decides these: a retry would end the same way.
+        Err(e @ RunError::Shortfall { .. }) => Err(StageError::Data(format!(
+            "{key}: {e}; to train on the rows that remain, set allow_shortfall = true in [{key}]"
+        ))),
+        Err(e @ RunError::NoExamples { .. }) => Err(StageError::Data(format!("{key}: {e}"))),
+        Err(e) => Err(StageError::Train(format!("{key}: {e}"))),
+    }
 }

@@ -44,6 +44,19 @@ fn process_cpu_seconds() -> Option<f64> {
     Some((user + system) / 100.0)
 }
 
+/// sha256 of everything the geometry puts into result.json (summary with every cell's
+/// statistic, p-values and bootstrap intervals, and the three families), so two builds can be
+/// checked to give byte-identical results.
+fn result_digest(out: &pspace_analysis::geometry::GeometryOutput) -> Result<String, String> {
+    use sha2::{Digest, Sha256};
+    let text = serde_json::to_string(&serde_json::json!({
+        "summary": out.summary,
+        "families": [&out.em_pre_post, &out.benign_pre_post, &out.em_vs_benign],
+    }))
+    .map_err(|e| e.to_string())?;
+    Ok(format!("{:x}", Sha256::digest(text.as_bytes())))
+}
+
 fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().collect();
     let questions = flag(&args, "--questions", 240)?;
@@ -94,6 +107,7 @@ fn main() -> Result<(), String> {
         conditions: checkpoints[1..6].to_vec(),
         cos_to_assistant: vec![1.0, 0.9, 0.8, 0.7, 0.6],
         benign: Some("benign_sft".into()),
+        anchor_condition: "E0_assistant".into(),
         axis_persona: "persona_0".into(),
         methods,
     };
@@ -125,6 +139,7 @@ fn main() -> Result<(), String> {
             "geometry_em_vs_benign": out.em_vs_benign.len(),
         },
         "sample": { "m3_accuracy_A_first_layer": m3 },
+        "result_sha256": result_digest(&out)?,
     });
     println!(
         "{}",

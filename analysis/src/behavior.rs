@@ -20,7 +20,7 @@
 //! differences percentage points.
 
 use crate::input::{MarkerHits, Personas};
-use crate::stats::correlation::{spearman, spearman_permutation_test};
+use crate::stats::correlation::{spearman, spearman_permutation_test, SpearmanTest};
 use crate::stats::permutation::{at_least, exact_p, monte_carlo_p, percentile_interval};
 use crate::stats::rng::seeded_rng;
 use rand::seq::SliceRandom;
@@ -144,11 +144,22 @@ pub struct H3Result {
     pub conditions: Vec<String>,
     pub cos_to_assistant: Vec<f64>,
     pub mean_bystander: Vec<f64>,
+    /// NaN (`null`) when undefined: see `undefined`.
+    #[serde(with = "crate::json_nan")]
     pub rho: f64,
-    /// Two-sided exact permutation p over all orderings (both flavours use it).
+    /// Two-sided exact permutation p over all orderings (both flavours use it); NaN when rho
+    /// is undefined.
+    #[serde(with = "crate::json_nan")]
     pub p_exact: f64,
+    #[serde(with = "crate::json_nan")]
     pub p_reference: f64,
+    #[serde(with = "crate::json_nan")]
     pub p_principled: f64,
+    /// Why rho is undefined, when it is: `flat_leakage` (the mean bystander leakage is equal in
+    /// every condition: no trend, i.e. the null) or `equal_cosines` (the design cannot rank the
+    /// conditions: not testable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undefined: Option<H3Undefined>,
     /// Orderings enumerated (n!) or sampled.
     pub orderings: usize,
     pub exact: bool,
@@ -156,6 +167,16 @@ pub struct H3Result {
     pub ci_rho: Option<[f64; 2]>,
     /// Share of bootstrap replicates with |rho| >= the threshold and the observed sign.
     pub bootstrap_share_beyond_threshold: Option<f64>,
+}
+
+/// Why H3's rho has no value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum H3Undefined {
+    /// Equal mean bystander leakage in every condition (e.g. none anywhere).
+    FlatLeakage,
+    /// Equal cos-to-assistant in every condition.
+    EqualCosines,
 }
 
 /// The behavioural results (the `behavior` block of result.json).
@@ -394,8 +415,9 @@ pub fn analyze(
         result.h2 = Some(h2(&table, &rates, &means, &replicate_means, &names, config));
     }
     if names.len() >= 3 {
-        // Equal means (or equal cosines) leave rho undefined: H3 is then not evaluated.
-        result.h3 = Some(h3(&cos, &means, &replicate_means, &names, config)).filter(|h| h.rho.is_finite());
+        // Equal means (or equal cosines) leave rho undefined; the result says which, and the
+        // verdicts read flat leakage as the null (no trend), not as a missing test.
+        result.h3 = Some(h3(&cos, &means, &replicate_means, &names, config));
     }
     Ok(result)
 }
@@ -471,8 +493,12 @@ fn h1(
 }
 
 /// One-sided sign-flip p of mean(differences) > 0: exact over 2^n patterns for small n.
+/// NaN when there is no difference or a difference is NaN (a question without completions).
 fn sign_flip_p(differences: &[f64], config: &BehaviorConfig, stream: &str) -> (f64, bool) {
     let n = differences.len();
+    if n == 0 || differences.iter().any(|d| d.is_nan()) {
+        return (f64::NAN, true);
+    }
     let observed: f64 = differences.iter().sum();
     if n <= MAX_EXACT_SIGN_FLIPS {
         let total = 1usize << n;
@@ -590,8 +616,26 @@ fn h3(
     config: &BehaviorConfig,
 ) -> H3Result {
     let mut rng = seeded_rng(config.seed, "behavior/H3");
-    let test = spearman_permutation_test(cos, means, config.permutations, &mut rng);
-    let boot: Vec<f64> = replicate_means.iter().map(|m| spearman(cos, m)).collect();
+    // One cosine and one mean per condition: the lengths agree by construction.
+    let nan_test = SpearmanTest {
+        rho: f64::NAN,
+        p: f64::NAN,
+        exact: true,
+        orderings: 0,
+    };
+    let test = spearman_permutation_test(cos, means, config.permutations, &mut rng).unwrap_or(nan_test);
+    let constant = |v: &[f64]| v.iter().all(|x| *x == v[0]);
+    let undefined = if !test.rho.is_nan() {
+        None
+    } else if constant(cos) {
+        Some(H3Undefined::EqualCosines)
+    } else {
+        Some(H3Undefined::FlatLeakage)
+    };
+    let boot: Vec<f64> = replicate_means
+        .iter()
+        .map(|m| spearman(cos, m).unwrap_or(f64::NAN))
+        .collect();
     let beyond = boot
         .iter()
         .filter(|r| r.abs() >= config.h3_rho_threshold && r.signum() == test.rho.signum())
@@ -608,6 +652,7 @@ fn h3(
         exact: test.exact,
         ci_rho: percentile_interval(&boot, config.ci_level),
         bootstrap_share_beyond_threshold: (!boot.is_empty()).then(|| beyond as f64 / boot.len() as f64),
+        undefined,
     }
 }
 
@@ -703,6 +748,24 @@ mod tests {
         let r = analyze(&hits, &personas, &config()).unwrap();
         let h2 = r.h2.unwrap();
         assert!(h2.p_reference > 0.2 && h2.p_principled > 0.2, "{h2:?}");
+    }
+
+    /// No leakage anywhere: H2's range is 0 with p = 1 (every arrangement ties), and H3 is
+    /// kept with an undefined rho and p (scipy's spearmanr gives (nan, nan)) and the reason.
+    #[test]
+    fn flat_leakage_keeps_h3_with_an_undefined_rho() {
+        let zero = [[0, 0], [0, 0], [0, 0]];
+        let (hits, personas) = inputs([zero, zero, zero]);
+        let r = analyze(&hits, &personas, &config()).unwrap();
+        let h2 = r.h2.as_ref().unwrap();
+        assert_eq!((h2.range_pp, h2.p_reference, h2.p_principled), (0.0, 1.0, 1.0));
+        let h3 = r.h3.as_ref().expect("H3 is reported, not dropped");
+        assert!(h3.rho.is_nan() && h3.p_exact.is_nan(), "{h3:?}");
+        assert_eq!(h3.undefined, Some(H3Undefined::FlatLeakage));
+        assert_eq!(h3.ci_rho, None);
+        let text = serde_json::to_string(&r).unwrap();
+        let back: BehaviorResult = serde_json::from_str(&text).unwrap();
+        assert!(back.h3.unwrap().rho.is_nan());
     }
 
     #[test]

@@ -19,13 +19,10 @@ use std::path::{Path, PathBuf};
 /// What can be wrong with an input file.
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path} is not valid JSON: {source}")]
-    Json {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    #[error("cannot read {path}: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
+    #[error("{path} is not valid JSON: {error}")]
+    Json { path: PathBuf, error: serde_json::Error },
     #[error("{path}: at {key}: expected {expected}, found {found}")]
     Shape {
         path: PathBuf,
@@ -82,13 +79,13 @@ pub struct MarkerHits {
 }
 
 fn read_json(path: &Path) -> Result<Value, InputError> {
-    let text = std::fs::read_to_string(path).map_err(|source| InputError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| InputError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
-    serde_json::from_str(&text).map_err(|source| InputError::Json {
+    serde_json::from_str(&text).map_err(|error| InputError::Json {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 

@@ -5,7 +5,7 @@
 use crate::families::Family;
 use crate::geometry::MethodActivations;
 use crate::input::Personas;
-use crate::pipeline::{Options, PipelineError};
+use crate::pipeline::{PipelineError, Settings};
 use crate::result::GeometrySummary;
 use std::path::{Path, PathBuf};
 
@@ -117,42 +117,44 @@ fn geometry_error(e: crate::geometry::GeometryError) -> PipelineError {
 }
 
 /// Computes the geometry families from loaded activations (see `load`).
+/// The M2 axis is the anchor condition's induction persona, anchor minus base
+/// (`Settings::anchor`: E0 unless the settings name another).
 pub fn compute(
     loaded: Option<Vec<MethodActivations>>,
     personas: &Personas,
-    options: &Options,
+    options: &Settings,
 ) -> Result<(Option<GeometrySummary>, Vec<Family>), PipelineError> {
     let Some(methods) = loaded else {
         return Ok((None, Vec::new()));
     };
-    let axis_persona = personas
-        .conditions
-        .first()
-        .map(|c| c.induction_persona.clone())
-        .ok_or_else(|| PipelineError::Geometry("the persona file lists no EM condition".into()))?;
+    let anchor = options.anchor(personas)?;
     let input = crate::geometry::GeometryInput {
         base: "base".into(),
         conditions: personas.conditions.iter().map(|c| c.id.clone()).collect(),
         cos_to_assistant: personas.conditions.iter().map(|c| c.cos_to_assistant).collect(),
         benign: Some("benign_sft".into()),
-        axis_persona,
+        anchor_condition: anchor.id.clone(),
+        axis_persona: anchor.induction_persona.clone(),
         methods,
     };
-    let config = crate::geometry::GeometryConfig {
-        seed: options.behavior.seed,
-        permutations: options.behavior.permutations,
-        ..crate::geometry::GeometryConfig::default()
-    };
-    let output = crate::geometry::compute(&input, &config).map_err(geometry_error)?;
-    let alpha = options.thresholds.fdr_alpha;
+    let output = crate::geometry::compute(&input, &options.geometry_config()).map_err(geometry_error)?;
+    let fdr_alpha = options.thresholds.fdr_alpha;
     let families = vec![
-        Family::new(crate::families::GEOMETRY_EM_PRE_POST, alpha, output.em_pre_post)?,
+        Family::new(
+            crate::families::GEOMETRY_EM_PRE_POST,
+            fdr_alpha,
+            output.em_pre_post,
+        )?,
         Family::new(
             crate::families::GEOMETRY_BENIGN_PRE_POST,
-            alpha,
+            fdr_alpha,
             output.benign_pre_post,
         )?,
-        Family::new(crate::families::GEOMETRY_EM_VS_BENIGN, alpha, output.em_vs_benign)?,
+        Family::new(
+            crate::families::GEOMETRY_EM_VS_BENIGN,
+            fdr_alpha,
+            output.em_vs_benign,
+        )?,
     ];
     Ok((Some(output.summary), families))
 }

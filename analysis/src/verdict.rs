@@ -5,22 +5,38 @@
 //! contrast bar (EM shift larger than the benign-SFT shift), H1, H2, H3. Readings of the plan
 //! that it leaves open, fixed here and stated in the report:
 //! - a condition "fires" a geometry metric when, at >= `min_layers` layers, the cell of EVERY
-//!   extraction method has the pre-registered direction and BH q < alpha (G3 uses the same
+//!   extraction method has the pre-registered direction and BH q < `fdr_alpha` (G3 uses the same
 //!   layer rule, with an accuracy drop of at least `acc_drop`);
 //! - the cos-monotone pattern correlates cos-to-assistant with the condition's metric
 //!   statistic averaged over methods and layers;
 //! - the contrast bar holds for a firing condition x metric when the EM-vs-benign cell of every
-//!   method has the right direction and BH q < `contrast_alpha` at a majority of layers; a
-//!   G row counts for the headline only when the bar holds for its firing conditions;
+//!   method has the right direction and BH q < `contrast_alpha` at a majority of layers. The
+//!   plan reads it per condition ("for each EM condition x metric pair that fires, ALSO
+//!   require ..."): a condition that fails the bar drops out and the row is decided on the
+//!   rest (all conditions still firing, or the cos-monotone pattern). That reading is
+//!   `outcome_with_contrast` and counts for the headline; the stricter row-veto reading (any
+//!   firing condition failing the bar vetoes the row) is `outcome_with_contrast_row_veto`, and
+//!   the headline notes say where the two differ;
 //! - "H1 fires across multiple conditions" means H1's own cross-condition bar (>= 3/4 of the
 //!   testable conditions);
-//! - the kill criterion's "within +-5 pp of each other" is a range of at most 5 pp.
+//! - the kill criterion's "within +-5 pp of each other" is a range of at most 5 pp;
+//! - H3 with an undefined rho because the mean bystander leakage is equal in every condition
+//!   (e.g. no leakage at all) does not fire and counts as the null in the kill criterion (no
+//!   trend is the null); an undefined rho because the cosines are all equal is `not_evaluated`.
+//!
+//! Significance is one comparison everywhere: adjusted (or raw, where the plan says so) p <
+//! the row's level (`fdr_alpha`, `contrast_alpha`, `monotone_alpha`, `h1_alpha`, `h3_alpha`); H2's "fires" direction is p > `h2_min_p`.
+//!
+//! Headline sentences are generated from the rows: a G row's sentence names the route that
+//! fired (every condition, or the cos-monotone pattern), and when the plan's own rules
+//! contradict (the kill criterion holds while a row fires, e.g. H2 on flat leakage) a note
+//! says so with the numbers.
 //!
 //! A row that lacks its inputs (no geometry in a behaviour-only analysis, a partial run) is
 //! `not_evaluated`, and so is anything that depends on it, unless the known parts already
 //! decide it.
 
-use crate::behavior::BehaviorResult;
+use crate::behavior::{BehaviorResult, H3Undefined};
 use crate::families::{Family, Flavour};
 use crate::stats::correlation::spearman_permutation_test;
 use crate::stats::rng::seeded_rng;
@@ -133,20 +149,34 @@ pub struct GeometryDesign {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GeometryRow {
     pub metric: String,
-    /// Threshold + cross-condition pattern.
+    /// Threshold + cross-condition pattern, without the contrast bar.
     pub outcome: Outcome,
-    /// The same with the three-way contrast bar required of every firing condition.
+    /// The plan's per-condition reading of the contrast bar: conditions failing it drop out,
+    /// the row is decided on the others. This is the outcome the headline reads.
     pub outcome_with_contrast: Outcome,
+    /// The row-veto reading: any firing condition that fails the bar vetoes the row.
+    #[serde(default = "not_evaluated_outcome")]
+    pub outcome_with_contrast_row_veto: Outcome,
     /// condition -> layers where every method's cell passes.
     pub layers_passing: BTreeMap<String, Vec<usize>>,
     pub conditions_firing: Vec<String>,
     pub all_conditions_fire: bool,
+    /// Firing conditions for which the contrast bar also holds.
+    #[serde(default)]
+    pub conditions_firing_with_contrast: Vec<String>,
     /// Spearman rho of cos-to-assistant against the mean statistic, and its exact p.
     pub monotone_rho: Option<f64>,
     pub monotone_p: Option<f64>,
+    /// Whether the cos-monotone pattern holds (|rho| and p within the thresholds).
+    #[serde(default)]
+    pub monotone: bool,
     /// condition -> whether the contrast bar holds (firing conditions only).
     pub contrast: BTreeMap<String, bool>,
     pub reason: String,
+}
+
+fn not_evaluated_outcome() -> Outcome {
+    Outcome::NotEvaluated
 }
 
 /// A behavioural row.
@@ -162,12 +192,16 @@ pub struct BehaviorRow {
 /// The headline mapping.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Headline {
-    /// Ids of the mapping rows that hold: `G1+H2`, `G1+H3`, `H1`, `kill`.
+    /// Ids of the mapping rows that hold: `G1+H2`, `G1+H3`, `H1`, `no_G_or_H`, and `kill`
+    /// whenever the kill criterion holds.
     pub matched: Vec<String>,
     /// Rows that could not be decided for lack of inputs.
     pub undecided: Vec<String>,
-    /// One sentence per matched row.
+    /// One sentence per matched row, generated from the numbers.
     pub statements: Vec<String>,
+    /// Where the plan's rules contradict each other or its readings differ, with the numbers.
+    #[serde(default)]
+    pub notes: Vec<String>,
     pub confidence_ceiling: String,
 }
 
@@ -276,22 +310,24 @@ fn geometry_row(
     let (monotone_rho, monotone_p) =
         if mean_statistic.iter().all(|v| v.is_finite()) && d.conditions.len() >= 3 {
             let mut rng = seeded_rng(seed, &format!("verdict/{metric}/monotone"));
-            let test = spearman_permutation_test(&d.cos_to_assistant, &mean_statistic, 10_000, &mut rng);
-            // A statistic equal in every condition has no ranking: no pattern, and no NaN in JSON.
-            if test.rho.is_finite() {
-                (Some(test.rho), Some(test.p))
-            } else {
-                (None, None)
+            match spearman_permutation_test(&d.cos_to_assistant, &mean_statistic, 10_000, &mut rng) {
+                // A statistic equal in every condition has no ranking: no pattern, and no NaN in JSON.
+                Ok(test) if test.rho.is_finite() => (Some(test.rho), Some(test.p)),
+                _ => (None, None),
             }
         } else {
             (None, None)
         };
     let monotone = matches!((monotone_rho, monotone_p), (Some(r), Some(p)) if r.abs() >= t.monotone_abs_rho && p < t.monotone_alpha);
     let threshold = !conditions_firing.is_empty();
-    let mut outcome = Outcome::from_bool(threshold && (all_conditions_fire || monotone));
-    if missing && outcome == Outcome::DoesNotFire {
-        outcome = Outcome::NotEvaluated;
-    }
+    let undecided_if_missing = |outcome: Outcome| {
+        if missing && outcome == Outcome::DoesNotFire {
+            Outcome::NotEvaluated
+        } else {
+            outcome
+        }
+    };
+    let outcome = undecided_if_missing(Outcome::from_bool(threshold && (all_conditions_fire || monotone)));
     let mut contrast = BTreeMap::new();
     for condition in &conditions_firing {
         let holds = g.em_vs_benign.map(|family| {
@@ -315,17 +351,26 @@ fn geometry_row(
             contrast.insert(condition.clone(), h);
         }
     }
-    let outcome_with_contrast = match (outcome, g.em_vs_benign) {
-        (Outcome::Fires, None) => Outcome::NotEvaluated,
-        (Outcome::Fires, Some(_)) => {
-            // The bar must hold for the firing conditions that carry the pattern: all of them
-            // under (a); under (b) alone, every firing condition.
-            Outcome::from_bool(contrast.values().all(|&h| h))
-        }
-        (other, _) => other,
+    let conditions_firing_with_contrast: Vec<String> = conditions_firing
+        .iter()
+        .filter(|c| contrast.get(*c).copied().unwrap_or(false))
+        .cloned()
+        .collect();
+    let all_with_contrast =
+        !d.conditions.is_empty() && conditions_firing_with_contrast.len() == d.conditions.len();
+    let (outcome_with_contrast, outcome_with_contrast_row_veto) = match (outcome, g.em_vs_benign) {
+        (Outcome::Fires, None) => (Outcome::NotEvaluated, Outcome::NotEvaluated),
+        (Outcome::Fires, Some(_)) => (
+            // Per condition (the plan): the conditions that pass both bars carry the pattern.
+            undecided_if_missing(Outcome::from_bool(
+                !conditions_firing_with_contrast.is_empty() && (all_with_contrast || monotone),
+            )),
+            Outcome::from_bool(contrast.values().all(|&h| h)),
+        ),
+        (other, _) => (other, other),
     };
     let reason = format!(
-        "{} of {} conditions pass at >= {} layers under every method (BH q < {}); all fire: {}; cos-monotone: rho {} p {}; contrast bar: {}",
+        "{} of {} conditions pass at >= {} layers under every method (BH q < {}); all fire: {}; cos-monotone: rho {} p {} (|rho| >= {} and p < {} needed); contrast bar (EM-vs-benign BH q < {} at a majority of layers): {}",
         conditions_firing.len(),
         d.conditions.len(),
         t.min_layers,
@@ -333,21 +378,31 @@ fn geometry_row(
         all_conditions_fire,
         monotone_rho.map_or("n/a".into(), |r| format!("{r:.3}")),
         monotone_p.map_or("n/a".into(), |p| format!("{p:.4}")),
+        t.monotone_abs_rho,
+        t.monotone_alpha,
+        t.contrast_alpha,
         if g.em_vs_benign.is_none() {
             "not evaluated (no EM-vs-benign family)".to_string()
         } else {
-            format!("{}/{} firing conditions hold", contrast.values().filter(|&&h| h).count(), contrast.len())
+            format!(
+                "{} of {} firing conditions hold",
+                conditions_firing_with_contrast.len(),
+                contrast.len()
+            )
         }
     );
     GeometryRow {
         metric: metric.to_string(),
         outcome,
         outcome_with_contrast,
+        outcome_with_contrast_row_veto,
         layers_passing,
         conditions_firing,
         all_conditions_fire,
+        conditions_firing_with_contrast,
         monotone_rho,
         monotone_p,
+        monotone,
         contrast,
         reason,
     }
@@ -425,18 +480,41 @@ fn h2_row(b: &BehaviorResult, t: &Thresholds, flavour: Flavour) -> BehaviorRow {
     row
 }
 
+/// Whether H3 shows no trend: |rho| below the kill bound with p above it, or rho undefined
+/// because the leakage is flat (no trend is the null). None when H3 is not testable.
+fn h3_null(b: &BehaviorResult, t: &Thresholds) -> Option<bool> {
+    let h3 = b.h3.as_ref()?;
+    if h3.rho.is_finite() {
+        return Some(h3.rho.abs() < t.kill_max_abs_rho && h3.p_exact > t.kill_min_p);
+    }
+    (h3.undefined == Some(H3Undefined::FlatLeakage)).then_some(true)
+}
+
 fn h3_row(b: &BehaviorResult, t: &Thresholds) -> BehaviorRow {
     let Some(h3) = &b.h3 else {
-        return not_evaluated("rho undefined: fewer than 3 conditions, or equal leakage everywhere");
+        return not_evaluated("fewer than 3 conditions");
     };
-    let fires = h3.rho.abs() >= t.h3_min_abs_rho && h3.p_exact < t.h3_alpha;
-    let mut row = BehaviorRow {
-        outcome: Outcome::from_bool(fires),
-        reason: format!(
-            "rho {:.3} (|rho| >= {} needed), exact p {:.4} over {} orderings (< {} needed)",
-            h3.rho, t.h3_min_abs_rho, h3.p_exact, h3.orderings, t.h3_alpha
-        ),
-        per_condition: BTreeMap::new(),
+    let mut row = if h3.rho.is_finite() {
+        let fires = h3.rho.abs() >= t.h3_min_abs_rho && h3.p_exact < t.h3_alpha;
+        BehaviorRow {
+            outcome: Outcome::from_bool(fires),
+            reason: format!(
+                "rho {:.3} (|rho| >= {} needed), exact p {:.4} over {} orderings (< {} needed)",
+                h3.rho, t.h3_min_abs_rho, h3.p_exact, h3.orderings, t.h3_alpha
+            ),
+            per_condition: BTreeMap::new(),
+        }
+    } else if h3.undefined == Some(H3Undefined::FlatLeakage) {
+        let level = h3.mean_bystander.first().copied().unwrap_or(f64::NAN);
+        BehaviorRow {
+            outcome: Outcome::DoesNotFire,
+            reason: format!(
+                "rho undefined: mean bystander leakage is {level:.2} % in every condition, so it cannot follow cos-to-assistant (no trend: the null)"
+            ),
+            per_condition: BTreeMap::new(),
+        }
+    } else {
+        return not_evaluated("rho undefined: every condition has the same cos-to-assistant");
     };
     if !b.missing_conditions.is_empty() {
         row.outcome = row.outcome.and(Outcome::NotEvaluated);
@@ -455,7 +533,17 @@ fn kill_row(
     flavour: Flavour,
 ) -> BehaviorRow {
     let geometry = match g {
-        Some(g) => Outcome::from_bool(g.em_pre_post.cells.iter().all(|c| c.q_bh(flavour) > t.kill_min_q)),
+        Some(g) => {
+            let cells = &g.em_pre_post.cells;
+            if cells.iter().any(|c| c.q_bh(flavour) <= t.kill_min_q) {
+                Outcome::DoesNotFire
+            } else if cells.iter().any(|c| c.q_bh(flavour).is_nan()) {
+                // A cell without a result can neither confirm nor refute "every q > bound".
+                Outcome::NotEvaluated
+            } else {
+                Outcome::Fires
+            }
+        }
         None => Outcome::NotEvaluated,
     };
     let (behaviour, detail) = match b {
@@ -465,9 +553,7 @@ fn kill_row(
                 - means.iter().copied().fold(f64::INFINITY, f64::min);
             let low = means.iter().all(|&m| m <= t.kill_max_mean_pct);
             let flat = range <= t.kill_max_range_pp;
-            let h3 =
-                b.h3.as_ref()
-                    .map(|h| h.rho.abs() < t.kill_max_abs_rho && h.p_exact > t.kill_min_p);
+            let h3 = h3_null(b, t);
             let outcome =
                 Outcome::from_bool(flat && low).and(h3.map_or(Outcome::NotEvaluated, Outcome::from_bool));
             let h3_text = match h3 {
@@ -505,6 +591,205 @@ fn kill_row(
     }
 }
 
+/// "rho r, exact p q" of a G row's cos-monotone test.
+fn monotone_text(row: &GeometryRow) -> String {
+    match (row.monotone_rho, row.monotone_p) {
+        (Some(r), Some(p)) => format!("rho {r:.3}, exact p {p:.4}"),
+        _ => "rho undefined".to_string(),
+    }
+}
+
+/// The route by which a firing G row fired, in words with its numbers.
+fn route_text(row: &GeometryRow, conditions: usize) -> String {
+    let firing = &row.conditions_firing_with_contrast;
+    let all = conditions > 0 && firing.len() == conditions;
+    match (all, row.monotone) {
+        (true, true) => format!(
+            "in all {conditions} conditions, and its size follows cos-to-assistant ({})",
+            monotone_text(row)
+        ),
+        (true, false) => format!(
+            "in all {conditions} conditions (EM-general); its size does not follow cos-to-assistant ({})",
+            monotone_text(row)
+        ),
+        _ => format!(
+            "by the cos-monotone route only: its size follows cos-to-assistant ({}), while {} of {conditions} conditions fire ({})",
+            monotone_text(row),
+            firing.len(),
+            firing.join(", ")
+        ),
+    }
+}
+
+/// The behavioural numbers the headline sentences quote.
+fn h2_text(b: Option<&BehaviorResult>, t: &Thresholds, flavour: Flavour) -> String {
+    match b.and_then(|b| b.h2.as_ref()) {
+        Some(h2) => {
+            let p = match flavour {
+                Flavour::Reference => h2.p_reference,
+                Flavour::Principled => h2.p_principled,
+            };
+            format!(
+                "range {:.2} pp <= {} pp, p {:.4} > {}",
+                h2.range_pp, t.h2_max_range_pp, p, t.h2_min_p
+            )
+        }
+        None => "no H2 numbers".to_string(),
+    }
+}
+
+fn h3_text(b: Option<&BehaviorResult>) -> String {
+    match b.and_then(|b| b.h3.as_ref()) {
+        Some(h3) if h3.rho.is_finite() => format!("rho {:.3}, exact p {:.4}", h3.rho, h3.p_exact),
+        _ => "rho undefined".to_string(),
+    }
+}
+
+/// The sentences of the headline mapping rows that fire, generated from the rows.
+fn statement(
+    id: &str,
+    g1: Option<&GeometryRow>,
+    rows: &FlavourRows,
+    b: Option<&BehaviorResult>,
+    t: &Thresholds,
+    flavour: Flavour,
+) -> String {
+    let g1_route = |g1: &GeometryRow| {
+        let n = g1.layers_passing.len();
+        (
+            route_text(g1, n),
+            g1.conditions_firing_with_contrast.len() == n && n > 0,
+            g1.monotone,
+        )
+    };
+    match (id, g1) {
+        ("G1+H2", Some(g1)) => {
+            let (route, all, _) = g1_route(g1);
+            let claim = if all {
+                format!("EM induces a general persona-vector collapse, replicated under all {} induction personas, and mean bystander leakage does not depend on the induction persona (MODERATE confidence).", g1.layers_passing.len())
+            } else {
+                "the collapse is not general: it follows the induction persona's cosine to the assistant, while mean bystander leakage does not depend on the induction persona (the pre-registered G1+H2 sentence, 'general collapse replicated under every induction persona', does not hold here).".to_string()
+            };
+            format!("G1 fires {route}; H2 fires ({}): {claim}", h2_text(b, t, flavour))
+        }
+        ("G1+H3", Some(g1)) => {
+            let (route, _, monotone) = g1_route(g1);
+            let claim = if monotone {
+                "the size of the EM-induced collapse follows the induction persona's cosine to the assistant, and bystander leakage follows it too (MODERATE confidence; the strongest pre-registered outcome).".to_string()
+            } else {
+                "bystander leakage follows the induction persona's cosine to the assistant, but the collapse's size does not (the pre-registered G1+H3 sentence, 'collapse magnitude scales with cos-similarity', does not hold for the geometry).".to_string()
+            };
+            format!("G1 fires {route}; H3 fires ({}): {claim}", h3_text(b))
+        }
+        ("H1", _) => {
+            let firing: Vec<&String> = rows
+                .h1
+                .per_condition
+                .iter()
+                .filter(|(_, &f)| f)
+                .map(|(c, _)| c)
+                .collect();
+            format!(
+                "H1 fires in {} of {} testable conditions ({}): EM corrupts the persona active during induction; its own leakage exceeds the other bystanders' by >= {} pp.",
+                firing.len(),
+                rows.h1.per_condition.len(),
+                firing.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", "),
+                t.h1_min_diff_pp
+            )
+        }
+        _ => String::new(),
+    }
+}
+
+/// The rows of one flavour, before the headline.
+struct FlavourRows {
+    g1: Option<GeometryRow>,
+    g2: Option<GeometryRow>,
+    g3: Option<GeometryRow>,
+    h1: BehaviorRow,
+    h2: BehaviorRow,
+    h3: BehaviorRow,
+    kill: BehaviorRow,
+}
+
+impl FlavourRows {
+    /// (id, outcome) of every G and H row, G rows with the contrast bar (plan's reading).
+    fn outcomes(&self) -> Vec<(&'static str, Outcome)> {
+        let g = |r: &Option<GeometryRow>| {
+            r.as_ref()
+                .map_or(Outcome::NotEvaluated, |r| r.outcome_with_contrast)
+        };
+        vec![
+            ("G1", g(&self.g1)),
+            ("G2", g(&self.g2)),
+            ("G3", g(&self.g3)),
+            ("H1", self.h1.outcome),
+            ("H2", self.h2.outcome),
+            ("H3", self.h3.outcome),
+        ]
+    }
+}
+
+/// Notes where the plan's rules contradict or its readings of the contrast bar differ.
+fn notes(rows: &FlavourRows, b: Option<&BehaviorResult>, t: &Thresholds, flavour: Flavour) -> Vec<String> {
+    let mut notes = Vec::new();
+    let firing: Vec<&str> = rows
+        .outcomes()
+        .into_iter()
+        .filter(|(_, o)| *o == Outcome::Fires)
+        .map(|(id, _)| id)
+        .collect();
+    if rows.kill.outcome == Outcome::Fires && !firing.is_empty() {
+        let mut note = format!(
+            "The kill criterion holds ({}), yet {} fire{}; the plan routes to the kill criterion only when no G or H row fires.",
+            rows.kill.reason,
+            firing.join(", "),
+            if firing.len() == 1 { "s" } else { "" }
+        );
+        if firing.contains(&"H2") {
+            note.push_str(&format!(
+                " H2 fires on flat leakage ({}): under the plan's own rules a joint null makes H2 fire, so 'no G or H fires' cannot hold whenever the kill criterion's behavioural part does. Read together, the numbers are a joint null.",
+                h2_text(b, t, flavour)
+            ));
+        }
+        notes.push(note);
+    }
+    for row in [&rows.g1, &rows.g2, &rows.g3].into_iter().flatten() {
+        if row.outcome_with_contrast != row.outcome_with_contrast_row_veto {
+            let dropped: Vec<&str> = row
+                .conditions_firing
+                .iter()
+                .filter(|c| !row.conditions_firing_with_contrast.contains(c))
+                .map(String::as_str)
+                .collect();
+            notes.push(format!(
+                "{}: under the plan's per-condition reading of the contrast bar the row {} ({} drop out for failing the EM-vs-benign bar); under the row-veto reading (any firing condition failing the bar vetoes the row) it {}.",
+                row_name(&row.metric),
+                outcome_verb(row.outcome_with_contrast),
+                dropped.join(", "),
+                outcome_verb(row.outcome_with_contrast_row_veto)
+            ));
+        }
+    }
+    notes
+}
+
+fn row_name(metric: &str) -> &'static str {
+    match metric {
+        "M1" => "G1",
+        "M2" => "G2",
+        _ => "G3",
+    }
+}
+
+fn outcome_verb(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Fires => "fires",
+        Outcome::DoesNotFire => "does not fire",
+        Outcome::NotEvaluated => "is not evaluated",
+    }
+}
+
 fn decide_flavour(
     geometry: Option<&GeometryFamilies>,
     behavior: Option<&BehaviorResult>,
@@ -513,7 +798,6 @@ fn decide_flavour(
     seed: u64,
 ) -> FlavourVerdicts {
     let row = |metric: &str| geometry.map(|g| geometry_row(metric, g, t, flavour, seed));
-    let (g1, g2, g3) = (row("M1"), row("M2"), row("M3"));
     let (h1, h2, h3) = match behavior {
         Some(b) => (h1_row(b, t, flavour), h2_row(b, t, flavour), h3_row(b, t)),
         None => (
@@ -522,81 +806,90 @@ fn decide_flavour(
             not_evaluated("no marker hits"),
         ),
     };
-    let kill = kill_row(geometry, behavior, t, flavour);
-    let g_outcome = |r: &Option<GeometryRow>| {
-        r.as_ref()
-            .map_or(Outcome::NotEvaluated, |r| r.outcome_with_contrast)
+    let rows = FlavourRows {
+        g1: row("M1"),
+        g2: row("M2"),
+        g3: row("M3"),
+        h1,
+        h2,
+        h3,
+        kill: kill_row(geometry, behavior, t, flavour),
     };
-    let g1_outcome = g_outcome(&g1);
-    let any_g = g_outcome(&g1).or(g_outcome(&g2)).or(g_outcome(&g3));
-    let any_h = h1.outcome.or(h2.outcome).or(h3.outcome);
+    let outcomes = rows.outcomes();
+    let g1_outcome = outcomes[0].1;
+    let any = outcomes
+        .iter()
+        .fold(Outcome::DoesNotFire, |acc, (_, o)| acc.or(*o));
     let mapping = [
-        (
-            "G1+H2",
-            g1_outcome.and(h2.outcome),
-            "EM induces a general persona-vector collapse under every induction persona, and mean bystander leakage does not depend on the induction persona (MODERATE confidence).",
-        ),
-        (
-            "G1+H3",
-            g1_outcome.and(h3.outcome),
-            "The size of the EM-induced collapse follows the induction persona's cosine to the assistant, and bystander leakage follows it too (MODERATE confidence; the strongest pre-registered outcome).",
-        ),
-        (
-            "H1",
-            h1.outcome,
-            "EM corrupts the persona active during induction: its own leakage exceeds the other bystanders' across conditions.",
-        ),
+        ("G1+H2", g1_outcome.and(rows.h2.outcome)),
+        ("G1+H3", g1_outcome.and(rows.h3.outcome)),
+        ("H1", rows.h1.outcome),
     ];
     let mut headline = Headline {
         matched: Vec::new(),
         undecided: Vec::new(),
         statements: Vec::new(),
+        notes: notes(&rows, behavior, t, flavour),
         confidence_ceiling:
             "MODERATE (single seed, single EM dataset, single question set, single benign recipe)".into(),
     };
-    for (id, outcome, text) in mapping {
+    for (id, outcome) in mapping {
         match outcome {
             Outcome::Fires => {
                 headline.matched.push(id.to_string());
-                headline.statements.push(text.to_string());
+                headline
+                    .statements
+                    .push(statement(id, rows.g1.as_ref(), &rows, behavior, t, flavour));
             }
             Outcome::NotEvaluated => headline.undecided.push(id.to_string()),
             Outcome::DoesNotFire => {}
         }
     }
-    match any_g.or(any_h) {
+    match any {
         Outcome::DoesNotFire => {
             headline.matched.push("no_G_or_H".into());
-            headline.statements.push(match kill.outcome {
-                Outcome::Fires => {
-                    "No G or H row fires and the kill criterion holds: a joint null.".to_string()
-                }
-                Outcome::DoesNotFire => {
-                    "No G or H row fires, but the kill criterion does not hold either: a partial null."
-                        .to_string()
-                }
-                Outcome::NotEvaluated => {
-                    "No G or H row fires; the kill criterion could not be evaluated.".to_string()
-                }
+            headline.statements.push(match rows.kill.outcome {
+                Outcome::Fires => format!(
+                    "No G or H row fires and the kill criterion holds ({}): a joint null.",
+                    rows.kill.reason
+                ),
+                Outcome::DoesNotFire => format!(
+                    "No G or H row fires, but the kill criterion does not hold ({}): a partial null.",
+                    rows.kill.reason
+                ),
+                Outcome::NotEvaluated => format!(
+                    "No G or H row fires; the kill criterion could not be evaluated ({}).",
+                    rows.kill.reason
+                ),
             });
         }
         Outcome::NotEvaluated => headline.undecided.push("no_G_or_H".into()),
         Outcome::Fires => {
             if headline.matched.is_empty() && headline.undecided.is_empty() {
-                headline
-                    .statements
-                    .push("Some rows fire, but no pre-registered headline combination holds.".to_string());
+                let firing: Vec<&str> = outcomes
+                    .iter()
+                    .filter(|(_, o)| *o == Outcome::Fires)
+                    .map(|(id, _)| *id)
+                    .collect();
+                headline.statements.push(format!(
+                    "{} fire{}, but no pre-registered headline combination holds.",
+                    firing.join(", "),
+                    if firing.len() == 1 { "s" } else { "" }
+                ));
             }
         }
     }
+    if rows.kill.outcome == Outcome::Fires {
+        headline.matched.push("kill".into());
+    }
     FlavourVerdicts {
-        g1,
-        g2,
-        g3,
-        h1,
-        h2,
-        h3,
-        kill,
+        g1: rows.g1,
+        g2: rows.g2,
+        g3: rows.g3,
+        h1: rows.h1,
+        h2: rows.h2,
+        h3: rows.h3,
+        kill: rows.kill,
         headline,
     }
 }
@@ -709,5 +1002,211 @@ mod tests {
         assert_eq!(DoesNotFire.and(NotEvaluated), DoesNotFire);
         assert_eq!(Fires.or(NotEvaluated), Fires);
         assert_eq!(DoesNotFire.or(NotEvaluated), NotEvaluated);
+    }
+}
+
+#[cfg(test)]
+mod reading_tests {
+    use super::*;
+    use crate::behavior::{analyze, BehaviorConfig};
+    use crate::families::{CellTest, GEOMETRY_EM_PRE_POST, GEOMETRY_EM_VS_BENIGN};
+    use crate::input::{MarkerHits, Personas};
+    use serde_json::json;
+    use std::path::{Path, PathBuf};
+
+    const CONDITIONS: [&str; 5] = ["E0", "E1", "E2", "E3", "E4"];
+    const COS: [f64; 5] = [1.0, 0.95, 0.9, 0.87, 0.78];
+
+    fn design() -> GeometryDesign {
+        GeometryDesign {
+            methods: vec!["A".into(), "B".into()],
+            layers: vec![7, 14, 20, 21, 27],
+            conditions: CONDITIONS.iter().map(|c| c.to_string()).collect(),
+            cos_to_assistant: COS.to_vec(),
+        }
+    }
+
+    /// A geometry family whose cell of (metric, condition index) has (statistic, p).
+    fn family(name: &str, cell: impl Fn(&str, usize) -> (f64, f64)) -> Family {
+        let d = design();
+        let mut tests = Vec::new();
+        for metric in ["M1", "M2", "M3"] {
+            for method in &d.methods {
+                for &layer in &d.layers {
+                    for (k, c) in d.conditions.iter().enumerate() {
+                        let (statistic, p) = cell(metric, k);
+                        tests.push(CellTest {
+                            id: format!("{metric}/{method}/L{layer}/{c}"),
+                            metric: Some(metric.into()),
+                            method: Some(method.clone()),
+                            layer: Some(layer),
+                            condition: Some(c.clone()),
+                            statistic,
+                            p_reference: p,
+                            p_principled: p,
+                        });
+                    }
+                }
+            }
+        }
+        Family::new(name, 0.01, tests).unwrap()
+    }
+
+    /// Behaviour of 5 conditions induced on personas outside the eval set (bystanders a, b, c),
+    /// each persona leaking `rate[condition]` of 10 completions on both questions.
+    fn behaviour(rate: [u32; 5]) -> BehaviorResult {
+        let conditions: Vec<_> = CONDITIONS
+            .iter()
+            .zip(COS)
+            .map(|(c, cos)| json!({"id": c, "slug": format!("x{c}"), "cos_to_assistant": cos}))
+            .collect();
+        let personas = Personas::from_value(
+            &json!({"eval_persona_order": ["a", "b", "c", "src"], "em_induction_conditions": conditions}),
+            Path::new("p.json"),
+        )
+        .unwrap();
+        let mut by_condition = serde_json::Map::new();
+        for (c, r) in CONDITIONS.iter().zip(rate) {
+            let cells = json!({"q1": r, "q2": r});
+            by_condition.insert(
+                c.to_string(),
+                json!({"a": cells, "b": cells, "c": cells, "src": {"q1": 9, "q2": 9}}),
+            );
+        }
+        let file = json!({"completions_per_question": 10, "conditions": by_condition});
+        let hits = MarkerHits::from_values(&[(PathBuf::from("h.json"), file)], &personas, None).unwrap();
+        let config = BehaviorConfig {
+            source_persona: "src".into(),
+            permutations: 499,
+            bootstrap: 50,
+            ..BehaviorConfig::default()
+        };
+        analyze(&hits, &personas, &config).unwrap()
+    }
+
+    fn verdicts(em: &Family, benign: &Family, b: &BehaviorResult) -> Verdicts {
+        let d = design();
+        let g = GeometryFamilies {
+            design: &d,
+            em_pre_post: em,
+            em_vs_benign: Some(benign),
+        };
+        decide(Some(&g), Some(b), &Thresholds::default(), 1)
+    }
+
+    /// A joint null: flat geometry (every q = 1) and no leakage anywhere. The kill criterion is
+    /// evaluated (rho undefined on flat leakage is the null) and holds; H2 fires on the same
+    /// flat leakage, and a generated note says the plan's rules contradict. Before, H3 was
+    /// dropped and the kill criterion stayed `not_evaluated`.
+    #[test]
+    fn flat_behaviour_evaluates_the_kill_criterion_and_notes_the_contradiction() {
+        let null = family(GEOMETRY_EM_PRE_POST, |_, _| (0.0, 1.0));
+        let benign = family(GEOMETRY_EM_VS_BENIGN, |_, _| (0.0, 1.0));
+        let v = verdicts(&null, &benign, &behaviour([0; 5]));
+        for f in [&v.reference, &v.principled] {
+            assert_eq!(f.kill.outcome, Outcome::Fires, "{}", f.kill.reason);
+            assert_eq!(f.h3.outcome, Outcome::DoesNotFire, "{}", f.h3.reason);
+            assert_eq!(f.h2.outcome, Outcome::Fires, "{}", f.h2.reason);
+            assert!(f.headline.matched.contains(&"kill".to_string()));
+            assert!(!f.headline.matched.contains(&"no_G_or_H".to_string()));
+            let note = f.headline.notes.join(" ");
+            assert!(
+                note.contains("H2 fires on flat leakage (range 0.00 pp <= 15 pp, p 1.0000 > 0.1)"),
+                "{note}"
+            );
+        }
+    }
+
+    /// G1 fires because every condition collapses by the same amount (no cos trend), and H3
+    /// fires on the behaviour: the G1+H3 sentence must not claim that the collapse's size
+    /// follows the cosine. Before, the fixed sentence claimed it.
+    #[test]
+    fn a_headline_names_only_the_route_that_fired() {
+        let em = family(GEOMETRY_EM_PRE_POST, |m, _| {
+            if m == "M3" {
+                (0.0, 1.0)
+            } else {
+                (0.05, 1e-4)
+            }
+        });
+        let benign = family(GEOMETRY_EM_VS_BENIGN, |m, _| {
+            if m == "M3" {
+                (0.0, 1.0)
+            } else {
+                (0.02, 1e-4)
+            }
+        });
+        // Leakage rises as cos falls: rho = -1, exact p = 2/120.
+        let v = verdicts(&em, &benign, &behaviour([1, 2, 3, 4, 5]));
+        let r = &v.reference;
+        assert_eq!(r.h3.outcome, Outcome::Fires, "{}", r.h3.reason);
+        let g1 = r.g1.as_ref().unwrap();
+        assert!(g1.all_conditions_fire && !g1.monotone);
+        let i = r.headline.matched.iter().position(|m| m == "G1+H3").unwrap();
+        let sentence = &r.headline.statements[i];
+        assert!(
+            sentence.contains("in all 5 conditions (EM-general)"),
+            "{sentence}"
+        );
+        assert!(sentence.contains("the collapse's size does not"), "{sentence}");
+        assert!(
+            !sentence.contains("the size of the EM-induced collapse follows"),
+            "{sentence}"
+        );
+
+        // The cos-monotone route alone (E3, E4 below threshold) with flat behaviour: the
+        // G1+H2 sentence must not claim a general collapse.
+        let em = family(GEOMETRY_EM_PRE_POST, |m, k| match m {
+            "M3" => (0.0, 1.0),
+            _ if k >= 3 => (0.01 * (5 - k) as f64, 0.5),
+            _ => (0.01 * (5 - k) as f64, 1e-4),
+        });
+        let v = verdicts(&em, &benign, &behaviour([3; 5]));
+        let r = &v.reference;
+        let g1 = r.g1.as_ref().unwrap();
+        assert!(g1.monotone && !g1.all_conditions_fire, "{}", g1.reason);
+        let i = r.headline.matched.iter().position(|m| m == "G1+H2").unwrap();
+        let sentence = &r.headline.statements[i];
+        assert!(sentence.contains("by the cos-monotone route only"), "{sentence}");
+        assert!(sentence.contains("does not hold here"), "{sentence}");
+    }
+
+    /// The contrast bar per condition: E4 fails it and drops out; with a cos-monotone pattern
+    /// the others still fire the row, without one they do not (not all conditions remain).
+    /// The row-veto reading is kept beside it and the headline notes the difference. Before,
+    /// one failing condition vetoed the row.
+    #[test]
+    fn the_contrast_bar_is_read_per_condition() {
+        let em = family(GEOMETRY_EM_PRE_POST, |m, k| match m {
+            "M3" => (0.0, 1.0),
+            _ => (0.05 + 0.01 * k as f64, 1e-4),
+        });
+        let benign = family(GEOMETRY_EM_VS_BENIGN, |m, k| match (m, k) {
+            ("M3", _) | (_, 4) => (0.0, 0.9),
+            _ => (0.02, 1e-4),
+        });
+        let v = verdicts(&em, &benign, &behaviour([3; 5]));
+        let g1 = v.reference.g1.as_ref().unwrap();
+        assert!(g1.monotone && g1.all_conditions_fire);
+        assert_eq!(g1.conditions_firing_with_contrast, ["E0", "E1", "E2", "E3"]);
+        assert_eq!(g1.outcome_with_contrast, Outcome::Fires);
+        assert_eq!(g1.outcome_with_contrast_row_veto, Outcome::DoesNotFire);
+        let notes = v.reference.headline.notes.join(" ");
+        assert!(
+            notes.contains("G1: under the plan's per-condition reading") && notes.contains("E4 drop out"),
+            "{notes}"
+        );
+
+        let flat = family(GEOMETRY_EM_PRE_POST, |m, _| {
+            if m == "M3" {
+                (0.0, 1.0)
+            } else {
+                (0.05, 1e-4)
+            }
+        });
+        let v = verdicts(&flat, &benign, &behaviour([3; 5]));
+        let g1 = v.reference.g1.as_ref().unwrap();
+        assert_eq!(g1.outcome, Outcome::Fires);
+        assert_eq!(g1.outcome_with_contrast, Outcome::DoesNotFire, "{}", g1.reason);
     }
 }

@@ -35,6 +35,7 @@ fn input(d: &SyntheticDesign) -> GeometryInput {
         conditions: d.checkpoints[1..6].to_vec(),
         cos_to_assistant: vec![1.0, 0.9, 0.8, 0.7, 0.6],
         benign: Some("benign_sft".into()),
+        anchor_condition: "E0_assistant".into(),
         axis_persona: "persona_0".into(),
         methods: generate(d)
             .into_iter()

@@ -7,8 +7,8 @@ use pspace_analysis::families::{
     CellTest, Family, GEOMETRY_BENIGN_PRE_POST, GEOMETRY_EM_PRE_POST, GEOMETRY_EM_VS_BENIGN,
 };
 use pspace_analysis::input::{MarkerHits, Personas};
-use pspace_analysis::pipeline::{assemble, write_outputs, Options};
-use pspace_analysis::result::{AnalysisResult, GeometrySummary};
+use pspace_analysis::pipeline::{assemble, write_outputs, Options, Settings};
+use pspace_analysis::result::{AnalysisResult, GeometryMethod, GeometrySummary};
 use pspace_analysis::verdict::{GeometryDesign, Outcome, Thresholds};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -42,7 +42,7 @@ fn family(name: &str, conditions: &[String], cell: impl Fn(&str, &str, usize) ->
 
 #[test]
 fn planted_collapse_fires_g1_and_g2_and_renders() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../experiments/data");
     let personas = Personas::load(&dir.join("personas.json")).unwrap();
     let hits = MarkerHits::load(&[dir.join("reference_marker_hits.json")], &personas, Some(10)).unwrap();
     let config = BehaviorConfig {
@@ -103,11 +103,32 @@ fn planted_collapse_fires_g1_and_g2_and_renders() {
         personas: personas.eval_order.clone(),
         m1_mean_offdiag,
         m3_accuracy,
+        centroid_shift: BTreeMap::new(),
+        m1_ci: BTreeMap::new(),
+        m3_ci: BTreeMap::new(),
+        benign_share: BTreeMap::new(),
+        method: Some(GeometryMethod {
+            permutations: 2000,
+            bootstrap: 500,
+            ci_level: 0.95,
+            exact_max_n: 16,
+            anchor_condition: "E0_assistant".into(),
+            axis_persona: "assistant".into(),
+            cv_folds: 5,
+            lda_shrinkage: 0.1,
+            pca_components: 16,
+            pca_power_iterations: 1,
+        }),
         cells: None,
     };
+    // Thresholds other than the defaults: the report must quote these, not constants.
     let options = Options {
         behavior: config,
-        thresholds: Thresholds::default(),
+        thresholds: Thresholds {
+            h2_max_range_pp: 12.5,
+            contrast_alpha: 0.04,
+            ..Thresholds::default()
+        },
         allow_partial: false,
     };
     let result = assemble(
@@ -116,7 +137,7 @@ fn planted_collapse_fires_g1_and_g2_and_renders() {
         vec![em, em_vs_benign, benign],
         BTreeMap::new(),
         Vec::new(),
-        &options,
+        &Settings::from(&options),
     )
     .unwrap();
 
@@ -163,7 +184,13 @@ fn planted_collapse_fires_g1_and_g2_and_renders() {
         );
     }
     let text = std::fs::read_to_string(report).unwrap();
-    for figure in ["hero", "leakage_heatmap", "m1_grid", "m2_by_layer", "m3_accuracy"] {
+    for figure in [
+        "hero",
+        "leakage_heatmap",
+        "m1_grid",
+        "geometry_by_layer",
+        "m3_accuracy",
+    ] {
         for ext in ["png", "svg"] {
             let path = out.join(format!("{figure}.{ext}"));
             assert!(
@@ -175,4 +202,28 @@ fn planted_collapse_fires_g1_and_g2_and_renders() {
         assert!(text.contains(&format!("{figure}.png")), "report lacks {figure}");
     }
     assert!(text.contains("| G1 |") && text.contains("**FIRES**"));
+    // What a reviewer asked for: the benign shift and EM minus benign beside EM minus base in
+    // every cell, the share of the EM collapse benign SFT also produces, thresholds read from
+    // the result, and what M3 is.
+    assert!(
+        text.contains("| method | layer | benign - base | E0_assistant |"),
+        "{text}"
+    );
+    assert!(
+        text.contains("+0.0570 (q 1.50e-4); vs benign +0.0200 (q 0.0015); benign share 53 %"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Benign SFT produces 39 % to 53 % (median 43 %) of the EM shift in the 50 M1 cells"),
+        "{text}"
+    );
+    assert!(text.contains("range of mean bystander <= 12.5 pp") && text.contains("EM-vs-benign BH q < 0.04"));
+    assert!(
+        !text.contains("<= 15 pp"),
+        "a default threshold leaked into the text"
+    );
+    assert!(text.contains("shrinkage LDA") && text.contains("refitted inside every training fold"));
+    assert!(text.contains("the first 16 principal components of the vectors of ONE checkpoint"));
+    let share = &result.geometry.as_ref().unwrap().benign_share["M1"]["A"]["7"]["E0_assistant"];
+    assert!((share.unwrap() - 0.03 / 0.057).abs() < 1e-12);
 }

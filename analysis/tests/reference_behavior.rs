@@ -1,12 +1,12 @@
 //! Acceptance: the behavioural analysis reproduces the reference run's published numbers from
-//! its per-question hit counts (`../shared/reference/`, beside the repository root).
+//! its per-question hit counts, bundled in `experiments/data/` (README there: source, sha256).
 
 use pspace_analysis::behavior::{analyze, BehaviorConfig};
 use pspace_analysis::input::{MarkerHits, Personas};
 use std::path::PathBuf;
 
 fn reference_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../experiments/data")
 }
 
 fn reference_result() -> pspace_analysis::behavior::BehaviorResult {
@@ -87,4 +87,63 @@ fn h3_matches_the_reference() {
     assert_eq!(h3.orderings, 120);
     let ci = h3.ci_rho.expect("bootstrap interval");
     assert!(ci[0] <= h3.rho && h3.rho <= ci[1], "{ci:?}");
+}
+
+/// The bundled files are the original run's, byte for byte (experiments/data/README.md): a
+/// changed file would change the published numbers this suite reproduces.
+#[test]
+fn the_bundled_reference_files_are_the_original_bytes() {
+    use pspace_analysis::result::InputRecord;
+    let dir = reference_dir();
+    for (file, sha256) in [
+        (
+            "reference_marker_hits.json",
+            "a81db0802c4610a1be303213546fee25f2598995477f516a610847906e2c56f7",
+        ),
+        (
+            "personas.json",
+            "de7baa551a9e4720cef2cbcb20c8cbec5d819b2a7c7b9957a18d0ad78c838dca",
+        ),
+        (
+            "questions.json",
+            "3f0486c2574d69c474c5812b1caa578d1ec7c145b09e0a312849838aee77fcb8",
+        ),
+    ] {
+        let record = InputRecord::of(&dir.join(file)).expect("read a bundled file");
+        assert_eq!(record.sha256, sha256, "{file}");
+    }
+}
+
+/// The published numbers in the written report (what `make reproduce` shows a reader), with the
+/// default settings of `pspace analyze behavior`. `PSPACE_KEEP_REPORT=DIR` keeps the folder.
+#[test]
+fn the_report_of_the_reference_states_the_published_numbers() {
+    use pspace_analysis::pipeline::{analyze_behavior_with, write_outputs, BehaviorInputs, Settings};
+    let dir = reference_dir();
+    let inputs = BehaviorInputs {
+        hits: vec![dir.join("reference_marker_hits.json")],
+        personas: dir.join("personas.json"),
+        default_completions: Some(10),
+    };
+    let result = analyze_behavior_with(&inputs, &Settings::default()).unwrap();
+    let out = match std::env::var_os("PSPACE_KEEP_REPORT") {
+        Some(d) => PathBuf::from(d),
+        None => tempfile::tempdir().unwrap().keep(),
+    };
+    let (_, report) = write_outputs(&result, &out).unwrap();
+    let text = std::fs::read_to_string(report).unwrap();
+    for row in [
+        "| E0_assistant | assistant | ",
+        "| 45.68 |",
+        "| 48.57 |",
+        "| 50.07 |",
+        "| 53.71 |",
+        "| 52.00 |",
+    ] {
+        assert!(text.contains(row), "report lacks {row:?}");
+    }
+    assert!(
+        text.contains("**H3** Spearman rho -0.900") && text.contains("exact two-sided p 0.0833"),
+        "report lacks H3 -0.90 / 0.0833"
+    );
 }

@@ -3,17 +3,20 @@
 //! the geometry, the families, the verdicts and the report; and a persona-order mismatch in
 //! one activation file stops it before any computing.
 
+use pspace_analysis::families::Flavour;
 use pspace_analysis::families::{GEOMETRY_BENIGN_PRE_POST, GEOMETRY_EM_PRE_POST, GEOMETRY_EM_VS_BENIGN};
 use pspace_analysis::geometry::activations::{path_in_run, write};
 use pspace_analysis::geometry::synthetic::{generate, SyntheticDesign};
 use pspace_analysis::input::Personas;
-use pspace_analysis::pipeline::{analyze_run, run_checkpoints, write_outputs, Options};
+use pspace_analysis::pipeline::{
+    analyze_run, analyze_run_with, run_checkpoints, write_outputs, Options, Settings,
+};
 use pspace_analysis::verdict::{Outcome, Thresholds};
 use std::path::{Path, PathBuf};
 
 fn reference(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/reference")
+        .join("../experiments/data")
         .join(name)
 }
 
@@ -113,4 +116,45 @@ fn a_persona_order_mismatch_is_an_error() {
         text.contains("E2_kindergarten_teacher") || text.contains("persona"),
         "{text}"
     );
+}
+
+/// The M2 axis is the anchor condition's (E0 by default), wherever the persona file lists it:
+/// moving E0 from first to last changes no M2 cell. Before, the axis was the first listed
+/// condition's induction persona (here E1's paramedic), so every M2 cell changed.
+#[test]
+fn the_m2_axis_follows_the_anchor_not_the_list_order() {
+    let run = tempfile::tempdir().unwrap();
+    make_run(run.path(), None);
+    let settings = Settings {
+        permutations: 200,
+        bootstrap: 20,
+        ..Settings::default()
+    };
+    let m2 = |personas: &Path, settings: &Settings| {
+        let result = analyze_run_with(run.path(), personas, Some(10), settings).unwrap();
+        let family = &result.families[GEOMETRY_EM_PRE_POST];
+        let mut cells: Vec<(String, f64, f64)> = family
+            .cells
+            .iter()
+            .filter(|c| c.test.metric.as_deref() == Some("M2"))
+            .map(|c| (c.test.id.clone(), c.test.statistic, c.p(Flavour::Principled)))
+            .collect();
+        cells.sort_by(|a, b| a.0.cmp(&b.0));
+        cells
+    };
+    let listed = m2(&run.path().join("personas.json"), &settings);
+    let mut file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.path().join("personas.json")).unwrap()).unwrap();
+    let conditions = file["em_induction_conditions"].as_array_mut().unwrap();
+    let e0 = conditions.remove(0);
+    conditions.push(e0);
+    let moved = run.path().join("personas_e0_last.json");
+    std::fs::write(&moved, file.to_string()).unwrap();
+    assert_eq!(m2(&moved, &settings), listed);
+    // Naming another anchor changes the axis.
+    let other = Settings {
+        anchor_condition: Some("E4_villain".into()),
+        ..settings.clone()
+    };
+    assert_ne!(m2(&moved, &other), listed);
 }

@@ -134,6 +134,7 @@ fn run_mode(device: Device, tiny: bool, recompute: bool) -> serde_json::Value {
         seed: 0,
         recompute,
         pad_multiple: 8,
+        pack_tokens: None,
     };
     let mut trainer = Trainer::new(&model, &lora, config, warmup + steps);
     let vocab = (cfg.vocab_size as i64).min(150_000);

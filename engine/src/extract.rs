@@ -5,6 +5,11 @@
 //! functions take token ids. Sequences are sorted by length and packed into batches under a
 //! token budget; rows are right-padded (positions come from the mask, so padding does not move
 //! a real token), and results come back in input order as f32 on the CPU.
+//!
+//! With Method B, extraction is generation-bound: `generate::generate_with_states` gives both
+//! methods' states from the greedy decode itself (the prefill holds Method A's last prompt
+//! token, each decode step a response token), so the two forward passes here are for callers
+//! that already hold the responses.
 
 use crate::model::{ForwardOptions, Logits, Model};
 use tch::{Device, Kind, Tensor};
@@ -64,12 +69,22 @@ pub(crate) fn right_pad(seqs: &[&[i64]], device: Device) -> (Tensor, Tensor) {
     )
 }
 
-/// Checks the request and allocates one zero [N, H] f32 CPU tensor per layer.
-fn output_rows(model: &Model, prompts: &[Vec<i64>], layers: &[usize]) -> Result<Vec<Tensor>, ExtractError> {
+/// Every layer exists and no prompt is empty.
+pub(crate) fn check_request(
+    model: &Model,
+    prompts: &[Vec<i64>],
+    layers: &[usize],
+) -> Result<(), ExtractError> {
     check_layers(model, layers)?;
     if let Some(index) = prompts.iter().position(Vec::is_empty) {
         return Err(ExtractError::EmptyPrompt { index });
     }
+    Ok(())
+}
+
+/// Checks the request and allocates one zero [N, H] f32 CPU tensor per layer.
+fn output_rows(model: &Model, prompts: &[Vec<i64>], layers: &[usize]) -> Result<Vec<Tensor>, ExtractError> {
+    check_request(model, prompts, layers)?;
     let h = model.config().hidden_size as i64;
     Ok(layers
         .iter()

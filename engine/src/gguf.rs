@@ -16,8 +16,8 @@ const DEFAULT_ALIGNMENT: u64 = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
-    #[error("cannot open GGUF file {path}: {source}")]
-    Open { path: PathBuf, source: std::io::Error },
+    #[error("cannot open GGUF file {path}: {error}")]
+    Open { path: PathBuf, error: std::io::Error },
     #[error("{path} is not a GGUF file: expected magic \"GGUF\", found {found:?}")]
     BadMagic { path: PathBuf, found: [u8; 4] },
     #[error("{path}: unsupported GGUF version {found}: expected 2 or 3")]
@@ -189,10 +189,18 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
-    pub fn element_count(&self) -> usize {
-        self.shape.iter().product()
+    /// The number of elements; None when the product of the dimensions overflows (a corrupt
+    /// header).
+    pub fn element_count(&self) -> Option<usize> {
+        self.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
     }
 }
+
+/// GGML_MAX_DIMS: llama.cpp refuses tensors of more dimensions.
+const MAX_DIMS: usize = 4;
+/// Nesting of metadata arrays accepted (llama.cpp's gguf reader accepts none beyond one level
+/// of arrays of arrays); deeper nesting is a corrupt or hostile file, not a model.
+const MAX_ARRAY_DEPTH: usize = 2;
 
 /// An open, memory-mapped GGUF file.
 pub struct GgufFile {
@@ -248,8 +256,15 @@ impl<'a> Cursor<'a> {
         a.copy_from_slice(b);
         Ok(u64::from_le_bytes(a))
     }
+    fn corrupt(&self, what: String) -> GgufError {
+        GgufError::Corrupt {
+            path: self.path.to_path_buf(),
+            offset: self.pos as u64,
+            what,
+        }
+    }
     fn string(&mut self, what: &str) -> Result<String, GgufError> {
-        let len = self.u64(what)? as usize;
+        let len = usize::try_from(self.u64(what)?).unwrap_or(usize::MAX);
         let b = self.take(len, what)?;
         String::from_utf8(b.to_vec()).map_err(|_| GgufError::Corrupt {
             path: self.path.to_path_buf(),
@@ -257,7 +272,7 @@ impl<'a> Cursor<'a> {
             what: format!("{what} is not valid UTF-8"),
         })
     }
-    fn value(&mut self, type_id: u32, key: &str) -> Result<GgufValue, GgufError> {
+    fn value(&mut self, type_id: u32, key: &str, depth: usize) -> Result<GgufValue, GgufError> {
         let b = |c: &mut Self, n: usize| c.take(n, key);
         Ok(match type_id {
             0 => GgufValue::U8(b(self, 1)?[0]),
@@ -276,11 +291,24 @@ impl<'a> Cursor<'a> {
             7 => GgufValue::Bool(b(self, 1)?[0] != 0),
             8 => GgufValue::String(self.string(key)?),
             9 => {
+                if depth >= MAX_ARRAY_DEPTH {
+                    return Err(self.corrupt(format!(
+                        "metadata key {key:?} nests arrays more than {MAX_ARRAY_DEPTH} deep"
+                    )));
+                }
                 let elem_type = self.u32(key)?;
-                let count = self.u64(key)? as usize;
-                let mut items = Vec::with_capacity(count.min(1 << 20));
+                let count = self.u64(key)?;
+                // Every element takes at least one byte: a count beyond the bytes left is corrupt,
+                // and the allocation is never sized by the header alone.
+                let left = (self.bytes.len() - self.pos) as u64;
+                if count > left {
+                    return Err(self.corrupt(format!(
+                        "metadata key {key:?} declares {count} array elements but only {left} bytes follow"
+                    )));
+                }
+                let mut items = Vec::with_capacity(count as usize);
                 for _ in 0..count {
-                    items.push(self.value(elem_type, key)?);
+                    items.push(self.value(elem_type, key, depth + 1)?);
                 }
                 GgufValue::Array(items)
             }
@@ -300,15 +328,15 @@ impl<'a> Cursor<'a> {
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<GgufFile, GgufError> {
-        let file = File::open(path).map_err(|source| GgufError::Open {
+        let file = File::open(path).map_err(|error| GgufError::Open {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         // SAFETY: the map is read-only; a model file changing under a running process is outside
         // what any loader can defend against.
-        let map = unsafe { Mmap::map(&file) }.map_err(|source| GgufError::Open {
+        let map = unsafe { Mmap::map(&file) }.map_err(|error| GgufError::Open {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         let mut c = Cursor {
             bytes: &map,
@@ -340,37 +368,62 @@ impl GgufFile {
         for _ in 0..kv_count {
             let key = c.string("metadata key")?;
             let type_id = c.u32(&key)?;
-            let value = c.value(type_id, &key)?;
+            let value = c.value(type_id, &key, 0)?;
             metadata.insert(key, value);
+        }
+        // A tensor entry takes at least 24 bytes (name length, dims count, type, offset).
+        let left = (c.bytes.len() - c.pos) as u64;
+        if tensor_count > left / 24 {
+            return Err(c.corrupt(format!(
+                "the header declares {tensor_count} tensors but only {left} bytes follow"
+            )));
         }
         let mut raw = Vec::with_capacity(tensor_count as usize);
         for _ in 0..tensor_count {
             let name = c.string("tensor name")?;
             let n_dims = c.u32(&name)? as usize;
+            if n_dims > MAX_DIMS {
+                return Err(c.corrupt(format!(
+                    "tensor {name:?} has {n_dims} dimensions: expected at most {MAX_DIMS}"
+                )));
+            }
             let mut dims = Vec::with_capacity(n_dims);
             for _ in 0..n_dims {
-                dims.push(c.u64(&name)? as usize);
+                dims.push(usize::try_from(c.u64(&name)?).unwrap_or(usize::MAX));
             }
             let type_id = c.u32(&name)?;
             let offset = c.u64(&name)?;
             dims.reverse();
             raw.push((name, dims, GgmlType::from_id(type_id), offset));
         }
-        let alignment = metadata
-            .get("general.alignment")
-            .and_then(GgufValue::as_u64)
-            .unwrap_or(DEFAULT_ALIGNMENT)
-            .max(1);
-        let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
-        let tensors: Vec<TensorInfo> = raw
-            .into_iter()
-            .map(|(name, shape, ggml_type, offset)| TensorInfo {
+        let alignment = match metadata.get("general.alignment") {
+            None => DEFAULT_ALIGNMENT,
+            Some(v) => match v.as_u64() {
+                Some(a) if a.is_power_of_two() => a,
+                _ => {
+                    return Err(GgufError::Metadata {
+                        path: path.to_path_buf(),
+                        key: "general.alignment".into(),
+                        problem: format!("must be a power of two, found {v:?}"),
+                    })
+                }
+            },
+        };
+        let data_start = (c.pos as u64).div_ceil(alignment).saturating_mul(alignment);
+        let mut tensors: Vec<TensorInfo> = Vec::with_capacity(raw.len());
+        for (name, shape, ggml_type, offset) in raw {
+            let offset = data_start.checked_add(offset).ok_or_else(|| GgufError::Corrupt {
+                path: path.to_path_buf(),
+                offset: data_start,
+                what: format!("tensor {name:?} has an offset beyond any file size ({offset})"),
+            })?;
+            tensors.push(TensorInfo {
                 name,
                 shape,
                 ggml_type,
-                offset: data_start + offset,
-            })
-            .collect();
+                offset,
+            });
+        }
         let by_name = tensors
             .iter()
             .enumerate()
@@ -440,7 +493,17 @@ impl GgufFile {
                 type_id: info.ggml_type.id(),
                 type_name: info.ggml_type.name(),
             })?;
-        let n = info.element_count();
+        let corrupt = |what: String| GgufError::Corrupt {
+            path: self.path.clone(),
+            offset: info.offset,
+            what,
+        };
+        let n = info.element_count().ok_or_else(|| {
+            corrupt(format!(
+                "tensor {name:?} has dimensions {:?} whose product overflows",
+                info.shape
+            ))
+        })?;
         if n % block_elems != 0 {
             return Err(GgufError::Corrupt {
                 path: self.path.clone(),
@@ -450,20 +513,17 @@ impl GgufFile {
                 ),
             });
         }
-        let len = n / block_elems * block_bytes;
-        let start = info.offset as usize;
-        let bytes = self
-            .map
-            .get(start..start + len)
-            .ok_or_else(|| GgufError::Corrupt {
-                path: self.path.clone(),
-                offset: info.offset,
-                what: format!(
-                    "tensor {name:?} needs bytes {start}..{} but the file has {}",
-                    start + len,
-                    self.map.len()
-                ),
-            })?;
+        let len = (n / block_elems).checked_mul(block_bytes);
+        let start = usize::try_from(info.offset).ok();
+        let range = start.zip(len).and_then(|(s, l)| Some(s..s.checked_add(l)?));
+        let bytes = range.clone().and_then(|r| self.map.get(r)).ok_or_else(|| {
+            corrupt(format!(
+                "tensor {name:?} needs {} bytes from byte {} but the file has {}",
+                len.map_or("more than addressable".to_string(), |l| l.to_string()),
+                info.offset,
+                self.map.len()
+            ))
+        })?;
         Ok((info.shape.clone(), dequantize(info.ggml_type, bytes, n)))
     }
 }

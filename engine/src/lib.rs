@@ -7,6 +7,7 @@
 pub mod device;
 pub mod extract;
 pub mod generate;
+pub mod generation_config;
 pub mod gguf;
 pub mod lora;
 pub mod model;

@@ -18,8 +18,10 @@ const KEY_PREFIX: &str = "base_model.model.model.layers.";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeftError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    /// The wrapped errors of `Io` and `Lora` are said in the text and not returned as
+    /// `source()` (an error chain says each thing once).
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{path}: {message}")]
     Config { path: PathBuf, message: String },
     #[error("{path}: tensor {tensor:?}: {message}")]
@@ -30,8 +32,8 @@ pub enum PeftError {
     },
     #[error("{path}: not a safetensors file: {message}")]
     Safetensors { path: PathBuf, message: String },
-    #[error("{path}: {source}")]
-    Lora { path: PathBuf, source: LoraError },
+    #[error("{path}: {error}")]
+    Lora { path: PathBuf, error: LoraError },
 }
 
 /// What an adapter folder says about itself besides the tensors.
@@ -39,12 +41,14 @@ pub enum PeftError {
 pub struct AdapterMeta {
     pub config: LoraConfig,
     pub base_model_name_or_path: Option<String>,
+    /// `layers_to_transform`: the only decoder layers the adapter may touch (None = all).
+    pub layers: Option<Vec<usize>>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PeftError + '_ {
-    move |source| PeftError::Io {
+    move |error| PeftError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 
@@ -94,7 +98,10 @@ pub fn save(lora: &Lora, dir: &Path, base_model_name_or_path: &str) -> Result<()
         "revision": null,
     });
     let config_path = dir.join(CONFIG_FILE);
-    let text = serde_json::to_string_pretty(&config).unwrap_or_default();
+    let text = serde_json::to_string_pretty(&config).map_err(|e| PeftError::Config {
+        path: config_path.clone(),
+        message: format!("cannot encode: {e}"),
+    })?;
     write_atomically(&config_path, text.as_bytes()).map_err(io_err(&config_path))?;
 
     let weights_path = dir.join(WEIGHTS_FILE);
@@ -136,64 +143,159 @@ pub fn save(lora: &Lora, dir: &Path, base_model_name_or_path: &str) -> Result<()
     write_atomically(&weights_path, &bytes).map_err(io_err(&weights_path))
 }
 
-/// Reads `adapter_config.json`.
+/// Keys of adapter_config.json that describe the adapter without changing what it computes
+/// once loaded (training settings, provenance, initialisation).
+const INFORMATIONAL_KEYS: [&str; 19] = [
+    "task_type",
+    "peft_type",
+    "auto_mapping",
+    "peft_version",
+    "base_model_name_or_path",
+    "revision",
+    "inference_mode",
+    "init_lora_weights",
+    "lora_dropout",
+    "megatron_core",
+    "qalora_group_size",
+    "loftq_config",
+    "eva_config",
+    "corda_config",
+    "lora_ga_config",
+    "ensure_weight_tying",
+    "runtime_config",
+    "exclude_modules",
+    "use_rslora",
+];
+
+/// Keys whose non-neutral values change the model in ways this engine does not implement, with
+/// what they mean; an adapter that sets one is refused by name.
+const REFUSED_KEYS: [(&str, &str); 17] = [
+    (
+        "modules_to_save",
+        "whole modules trained and saved next to the adapter",
+    ),
+    ("use_dora", "DoRA (weight-decomposed LoRA)"),
+    ("fan_in_fan_out", "weights stored transposed (Conv1D layers)"),
+    ("lora_bias", "a trained bias on lora_B"),
+    ("megatron_config", "Megatron-sharded layers"),
+    ("trainable_token_indices", "trained rows of the embedding matrix"),
+    ("target_parameters", "LoRA on parameters instead of modules"),
+    ("layer_replication", "layers duplicated before adaptation"),
+    (
+        "alora_invocation_tokens",
+        "activated LoRA (applied only after invocation tokens)",
+    ),
+    ("use_qalora", "QA-LoRA (quantization-aware pooling of inputs)"),
+    ("velora_config", "VeLoRA"),
+    ("monteclora_config", "MonteCLoRA"),
+    ("use_bdlora", "block-diagonal LoRA"),
+    ("arrow_config", "Arrow routing between adapters"),
+    ("kasa_config", "KaSA"),
+    ("rank_pattern", "per-module ranks"),
+    ("alpha_pattern", "per-module alphas"),
+];
+
+/// null, false, "", an empty list or map, or "none".
+fn is_neutral(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Null => true,
+        serde_json::Value::Bool(b) => !b,
+        serde_json::Value::String(s) => s.is_empty() || s == "none",
+        serde_json::Value::Array(a) => a.is_empty(),
+        serde_json::Value::Object(o) => o.is_empty(),
+        serde_json::Value::Number(_) => false,
+    }
+}
+
+/// Reads `adapter_config.json`. Every key that changes what the adapter computes is honoured
+/// (`r`, `lora_alpha`, `use_rslora`, `target_modules` as names or "all-linear",
+/// `layers_to_transform`, `layers_pattern` = "layers") or refused by name (`modules_to_save`,
+/// DoRA, biases, per-module ranks and alphas, ...); an unknown key with a value other than
+/// null/false/empty is refused too, since its effect cannot be known.
 pub fn read_meta(dir: &Path) -> Result<AdapterMeta, PeftError> {
     let path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| PeftError::Config {
-        path: path.clone(),
+    parse_meta(&text, &path)
+}
+
+/// As `read_meta`, from the file's text (`path` names it in errors).
+pub fn parse_meta(text: &str, path: &Path) -> Result<AdapterMeta, PeftError> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| PeftError::Config {
+        path: path.to_path_buf(),
         message: format!("not valid JSON: {e}"),
     })?;
+    let obj = v.as_object().ok_or_else(|| PeftError::Config {
+        path: path.to_path_buf(),
+        message: format!("expected a JSON object, found {v}"),
+    })?;
     let bad = |key: &str, what: &str| PeftError::Config {
-        path: path.clone(),
+        path: path.to_path_buf(),
         message: format!(
             "key {key:?}: expected {what}, found {}",
             v.get(key).map_or("nothing".to_string(), |x| x.to_string())
         ),
     };
-    if let Some(t) = v.get("peft_type").and_then(|t| t.as_str()) {
-        if t != "LORA" {
+    if let Some(t) = v.get("peft_type").filter(|t| !t.is_null()) {
+        if t.as_str() != Some("LORA") {
             return Err(bad("peft_type", "\"LORA\""));
         }
     }
-    for key in ["rank_pattern", "alpha_pattern"] {
-        if v.get(key)
-            .and_then(|p| p.as_object())
-            .is_some_and(|m| !m.is_empty())
-        {
-            return Err(bad(key, "an empty map (per-module ranks are not supported)"));
+    let rank = v
+        .get("r")
+        .and_then(|r| r.as_i64())
+        .ok_or_else(|| bad("r", "an integer"))?;
+    let alpha = v
+        .get("lora_alpha")
+        .and_then(|a| a.as_f64())
+        .ok_or_else(|| bad("lora_alpha", "a number"))?;
+    for (key, meaning) in REFUSED_KEYS {
+        let Some(value) = v.get(key).filter(|x| !is_neutral(x)) else {
+            continue;
+        };
+        // A pattern that repeats the global value changes nothing.
+        let global = if key == "rank_pattern" { rank as f64 } else { alpha };
+        let trivial = matches!(key, "rank_pattern" | "alpha_pattern")
+            && value
+                .as_object()
+                .is_some_and(|m| m.values().all(|x| x.as_f64() == Some(global)));
+        if !trivial {
+            return Err(bad(
+                key,
+                &format!("null/false/empty: {meaning} is not supported by pspace"),
+            ));
         }
     }
-    if v.get("use_dora").and_then(|d| d.as_bool()) == Some(true) {
-        return Err(bad("use_dora", "false (DoRA is not supported)"));
+    if let Some(b) = v.get("bias").filter(|b| !b.is_null()) {
+        if b.as_str() != Some("none") {
+            return Err(bad(
+                "bias",
+                "\"none\" (trained biases are not supported by pspace)",
+            ));
+        }
     }
-    if v.get("bias")
-        .and_then(|b| b.as_str())
-        .is_some_and(|b| b != "none")
-    {
-        return Err(bad("bias", "\"none\""));
+    let handled = [
+        "r",
+        "lora_alpha",
+        "bias",
+        "target_modules",
+        "layers_to_transform",
+        "layers_pattern",
+    ];
+    for (key, value) in obj {
+        let known = INFORMATIONAL_KEYS.contains(&key.as_str())
+            || handled.contains(&key.as_str())
+            || REFUSED_KEYS.iter().any(|(k, _)| k == key);
+        if !known && !is_neutral(value) {
+            return Err(bad(
+                key,
+                "null/false/empty (pspace does not know this setting, so it cannot tell whether it changes the model)",
+            ));
+        }
     }
-    let rank = v["r"].as_i64().ok_or_else(|| bad("r", "an integer"))?;
-    let alpha = v["lora_alpha"]
-        .as_f64()
-        .ok_or_else(|| bad("lora_alpha", "a number"))?;
     let dropout = v.get("lora_dropout").and_then(|d| d.as_f64()).unwrap_or(0.0);
     let use_rslora = v.get("use_rslora").and_then(|d| d.as_bool()).unwrap_or(false);
-    let names = v["target_modules"]
-        .as_array()
-        .ok_or_else(|| bad("target_modules", "a list of projection names"))?;
-    let mut targets = Vec::new();
-    for name in names {
-        let proj = name.as_str().and_then(Proj::from_peft_name).ok_or_else(|| {
-            bad(
-                "target_modules",
-                "names among q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
-            )
-        })?;
-        targets.push(proj);
-    }
-    targets.sort();
-    targets.dedup();
+    let targets = parse_targets(&v, &bad)?;
+    let layers = parse_layers(&v, &bad)?;
     Ok(AdapterMeta {
         config: LoraConfig {
             rank,
@@ -206,7 +308,59 @@ pub fn read_meta(dir: &Path) -> Result<AdapterMeta, PeftError> {
             .get("base_model_name_or_path")
             .and_then(|b| b.as_str())
             .map(str::to_string),
+        layers,
     })
+}
+
+/// `target_modules`: a list of projection names, or "all-linear" (every linear layer but the
+/// output head, which for these models is all seven projections).
+fn parse_targets(
+    v: &serde_json::Value,
+    bad: &impl Fn(&str, &str) -> PeftError,
+) -> Result<Vec<Proj>, PeftError> {
+    const NAMES: &str =
+        "names among q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj, or \"all-linear\"";
+    let mut targets = match v.get("target_modules") {
+        Some(serde_json::Value::String(s)) if s == "all-linear" => Proj::ALL.to_vec(),
+        Some(serde_json::Value::Array(names)) => names
+            .iter()
+            .map(|n| {
+                n.as_str()
+                    .and_then(Proj::from_peft_name)
+                    .ok_or_else(|| bad("target_modules", NAMES))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        _ => return Err(bad("target_modules", NAMES)),
+    };
+    targets.sort();
+    targets.dedup();
+    Ok(targets)
+}
+
+/// `layers_to_transform` (an index or a list; None = every layer), with `layers_pattern` null or
+/// "layers" (the only layer list of these models).
+fn parse_layers(
+    v: &serde_json::Value,
+    bad: &impl Fn(&str, &str) -> PeftError,
+) -> Result<Option<Vec<usize>>, PeftError> {
+    match v.get("layers_pattern") {
+        None | Some(serde_json::Value::Null) => {}
+        Some(serde_json::Value::String(s)) if s == "layers" => {}
+        Some(serde_json::Value::Array(a)) if a.iter().all(|x| x.as_str() == Some("layers")) => {}
+        Some(_) => return Err(bad("layers_pattern", "null or \"layers\"")),
+    }
+    let index = |x: &serde_json::Value| x.as_u64().and_then(|i| usize::try_from(i).ok());
+    let layers = match v.get("layers_to_transform") {
+        None | Some(serde_json::Value::Null) => return Ok(None),
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .map(|x| index(x).ok_or_else(|| bad("layers_to_transform", "a layer index or a list of them")))
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(x) => {
+            vec![index(x).ok_or_else(|| bad("layers_to_transform", "a layer index or a list of them"))?]
+        }
+    };
+    Ok(Some(layers))
 }
 
 /// Parses `base_model.model.model.layers.{i}.{module}.lora_{A|B}.weight`.
@@ -244,6 +398,13 @@ fn view_to_tensor(view: &TensorView<'_>) -> Result<Tensor, String> {
     Ok(Tensor::from_slice(&values).view(shape.as_slice()))
 }
 
+/// `model` with the adapter folder `dir` merged into its weights (PEFT's `merge_and_unload`);
+/// calling it once per folder stacks adapters in order, as the runner stacks EM and coupling.
+pub fn merged(dir: &Path, model: &Model) -> Result<Model, PeftError> {
+    let (lora, _) = load(dir, model)?;
+    Ok(lora.merged_into(model))
+}
+
 /// Loads an adapter folder for `model`. Tensors of projections the config does not target, or
 /// anything that is not a LoRA A/B weight, are errors (they would be silently ignored otherwise).
 pub fn load(dir: &Path, model: &Model) -> Result<(Lora, AdapterMeta), PeftError> {
@@ -266,6 +427,11 @@ pub fn load(dir: &Path, model: &Model) -> Result<(Lora, AdapterMeta), PeftError>
                 "expected a name like {KEY_PREFIX}<layer>.self_attn.q_proj.lora_A.weight"
             ))
         })?;
+        if let Some(allowed) = meta.layers.as_ref().filter(|l| !l.contains(&layer)) {
+            return Err(tensor_err(format!(
+                "layer {layer} is not among layers_to_transform {allowed:?}"
+            )));
+        }
         if !meta.config.targets.contains(&proj) {
             return Err(tensor_err(format!(
                 "{} is not among target_modules {:?}",
@@ -308,9 +474,9 @@ pub fn load(dir: &Path, model: &Model) -> Result<(Lora, AdapterMeta), PeftError>
             message: "expected LoRA tensors, found none".into(),
         });
     }
-    let lora = Lora::from_pairs(model, meta.config.clone(), pairs).map_err(|source| PeftError::Lora {
+    let lora = Lora::from_pairs(model, meta.config.clone(), pairs).map_err(|error| PeftError::Lora {
         path: path.clone(),
-        source,
+        error,
     })?;
     Ok((lora, meta))
 }
@@ -359,6 +525,79 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert!(names.iter().all(|n| !n.contains(".tmp")), "{names:?}");
+    }
+
+    /// PEFT 0.21's adapter_config.json for a LoRA (every key it writes), with changes.
+    fn peft_config(changes: serde_json::Value) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/train_peft_trained/adapter_config.json");
+        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        for (k, x) in changes.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        v.to_string()
+    }
+
+    fn meta(changes: serde_json::Value) -> Result<AdapterMeta, String> {
+        parse_meta(&peft_config(changes), Path::new("a/adapter_config.json")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn every_peft_key_is_honoured_or_refused_by_name() {
+        let m = meta(serde_json::json!({})).unwrap();
+        assert_eq!((m.config.rank, m.config.alpha, m.layers.clone()), (4, 8.0, None));
+        assert_eq!(m.config.targets.len(), 7);
+        let m = meta(serde_json::json!({"target_modules": "all-linear", "layers_to_transform": 1})).unwrap();
+        assert_eq!((m.config.targets, m.layers), (Proj::ALL.to_vec(), Some(vec![1])));
+        // Patterns that repeat the global rank and alpha change nothing.
+        assert!(
+            meta(serde_json::json!({"rank_pattern": {"q_proj": 4}, "alpha_pattern": {"k_proj": 8.0}}))
+                .is_ok()
+        );
+        for (key, value) in [
+            ("modules_to_save", serde_json::json!(["lm_head"])),
+            ("use_dora", serde_json::json!(true)),
+            ("fan_in_fan_out", serde_json::json!(true)),
+            ("lora_bias", serde_json::json!(true)),
+            ("rank_pattern", serde_json::json!({"q_proj": 8})),
+            ("alpha_pattern", serde_json::json!({"q_proj": 2.0})),
+            ("trainable_token_indices", serde_json::json!([1, 2])),
+            ("layer_replication", serde_json::json!([[0, 2]])),
+            ("bias", serde_json::json!("lora_only")),
+            ("layers_pattern", serde_json::json!("h")),
+            ("target_modules", serde_json::json!(".*q_proj")),
+            ("target_modules", serde_json::json!(["c_attn"])),
+            ("peft_type", serde_json::json!("IA3")),
+            ("some_future_setting", serde_json::json!(0.5)),
+        ] {
+            let err = meta(serde_json::json!({ key: value })).unwrap_err();
+            assert!(
+                err.contains("adapter_config.json") && err.contains(key),
+                "{key}: {err}"
+            );
+        }
+        // An unknown key left at a neutral value is fine.
+        assert!(meta(serde_json::json!({"some_future_setting": null, "other": false})).is_ok());
+    }
+
+    #[test]
+    fn layers_to_transform_limits_the_layers_an_adapter_may_touch() {
+        let model = tiny();
+        let dir = tempfile::tempdir().unwrap();
+        save(&lora(&model), dir.path(), "tiny").unwrap();
+        let cfg_path = dir.path().join(CONFIG_FILE);
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+        v["layers_to_transform"] = serde_json::json!([0, 1, 2, 3]);
+        std::fs::write(&cfg_path, v.to_string()).unwrap();
+        assert!(load(dir.path(), &model).is_ok());
+        v["layers_to_transform"] = serde_json::json!([1, 2, 3]);
+        std::fs::write(&cfg_path, v.to_string()).unwrap();
+        let err = load(dir.path(), &model).err().unwrap().to_string();
+        assert!(
+            err.contains("layer 0") && err.contains("layers_to_transform"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! honours stop ids, token budgets, seeds, n and top-p.
 
 use pspace_engine::extract::{last_token_states, response_mean_states};
-use pspace_engine::generate::{generate, FinishReason, SamplingParams};
+use pspace_engine::generate::{generate, generate_with_states, FinishReason, SamplingParams};
 use pspace_engine::model::{Adapter, ForwardOptions, LayerAdapter, Logits, Model, Proj};
 use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
@@ -421,6 +421,20 @@ fn sampling_is_seeded_and_gives_n_samples_per_prompt() {
     };
     let greedy_out = generate(&model, &prompts, &greedy(10, vec![]), None);
     assert_eq!(generate(&model, &prompts, &nucleus, None), greedy_out);
+    // So is top-k 1; top-k 2 samples among two tokens and so differs from greedy somewhere.
+    let top1 = SamplingParams {
+        top_k: 1,
+        n: 1,
+        ..params.clone()
+    };
+    assert_eq!(generate(&model, &prompts, &top1, None), greedy_out);
+    let top2 = SamplingParams {
+        top_k: 2,
+        n: 1,
+        temperature: 5.0,
+        ..params.clone()
+    };
+    assert_ne!(generate(&model, &prompts, &top2, None), greedy_out);
 }
 
 #[test]
@@ -465,5 +479,125 @@ fn a_refilled_batch_gives_every_prompt_its_own_greedy_continuation() {
     assert!(
         stopped >= 5,
         "only {stopped} rows stopped early: the test does not exercise refills"
+    );
+}
+
+#[test]
+fn states_read_while_decoding_are_the_states_of_separate_forward_passes() {
+    // Method A and B from the decode itself must equal last_token_states and
+    // response_mean_states on the generated responses: rows end by a stop id (not fed), by
+    // the budget (the last token fed once more) and with an empty response, and refill.
+    let model = tiny();
+    let prompts: Vec<Vec<i64>> = (0..24)
+        .map(|i| {
+            (0..(1 + (i * 5) % 19))
+                .map(|j| 3 + (i * 37 + j * 13) % 1000)
+                .collect()
+        })
+        .collect();
+    let free = generate(&model, &prompts, &greedy(10, vec![]), None);
+    let mut counts = std::collections::BTreeMap::new();
+    free.iter()
+        .flat_map(|g| g[0].tokens.iter())
+        .for_each(|&t| *counts.entry(t).or_insert(0) += 1);
+    // The three most common tokens stop a row.
+    let mut common: Vec<(i64, usize)> = counts.into_iter().collect();
+    common.sort_by_key(|&(t, c)| (std::cmp::Reverse(c), t));
+    let params = SamplingParams {
+        max_batch: 6,
+        ..greedy(10, common.iter().take(3).map(|&(t, _)| t).collect())
+    };
+    let layers = [0usize, 2, 3];
+    let (gens, states) = generate_with_states(&model, &prompts, &params, &layers, &mut |_| {}).unwrap();
+    let plain = generate(&model, &prompts, &params, None);
+    let responses: Vec<Vec<i64>> = gens.iter().map(|g| g.tokens.clone()).collect();
+    assert_eq!(
+        responses,
+        plain.iter().map(|g| g[0].tokens.clone()).collect::<Vec<_>>(),
+        "capturing changes no token"
+    );
+    let ends = |f: FinishReason| gens.iter().filter(|g| g.finish == f).count();
+    assert!(
+        ends(FinishReason::Stop) >= 3 && ends(FinishReason::Length) >= 3,
+        "{gens:?}"
+    );
+    assert!(
+        responses.iter().any(Vec::is_empty),
+        "no empty response: {responses:?}"
+    );
+    let a = last_token_states(&model, &prompts, &layers, 256).unwrap();
+    let (b, valid) = response_mean_states(&model, &prompts, &responses, &layers, 256).unwrap();
+    for li in 0..layers.len() {
+        let da = max_abs_diff(&states.last_prompt[li], &a[li]);
+        let db = max_abs_diff(&states.response_mean[li], &b[li]);
+        assert!(da < 1e-4, "layer {}: Method A differs by {da}", layers[li]);
+        assert!(db < 1e-4, "layer {}: Method B differs by {db}", layers[li]);
+    }
+    for (i, v) in valid.iter().enumerate() {
+        if !v {
+            let row = states.response_mean[0].get(i as i64);
+            assert_eq!(
+                row.abs().sum(Kind::Float).double_value(&[]),
+                0.0,
+                "empty response {i}"
+            );
+        }
+    }
+    // A bad layer is refused before any work.
+    let err = generate_with_states(&model, &prompts, &params, &[4], &mut |_| {})
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("layer 4"), "{err}");
+}
+
+#[test]
+fn prompts_sharing_a_system_prompt_decode_as_they_do_alone() {
+    // Three "system prompts" (20 to 40 tokens) under five "questions" each: the refill runs
+    // each shared head once and the questions on top of it. Every continuation and state must
+    // be what the prompt gives alone.
+    let model = tiny();
+    let mut prompts: Vec<Vec<i64>> = Vec::new();
+    for (s, len) in [(0i64, 40i64), (1, 20), (2, 33)] {
+        let head: Vec<i64> = (0..len).map(|j| 5 + (s * 211 + j * 7) % 900).collect();
+        for q in 0..5i64 {
+            let mut p = head.clone();
+            p.extend((0..(1 + q % 4)).map(|j| 40 + (q * 53 + j * 11) % 900));
+            prompts.push(p);
+        }
+    }
+    let params = SamplingParams {
+        max_batch: 7,
+        ..greedy(6, vec![])
+    };
+    let layers = [1usize, 3];
+    let (together, states) = generate_with_states(&model, &prompts, &params, &layers, &mut |_| {}).unwrap();
+    for (i, p) in prompts.iter().enumerate() {
+        let alone = &generate(&model, std::slice::from_ref(p), &params, None)[0][0];
+        assert_eq!(together[i].tokens, alone.tokens, "prompt {i}");
+    }
+    let a = last_token_states(&model, &prompts, &layers, 256).unwrap();
+    let responses: Vec<Vec<i64>> = together.iter().map(|g| g.tokens.clone()).collect();
+    let (b, _) = response_mean_states(&model, &prompts, &responses, &layers, 256).unwrap();
+    for li in 0..layers.len() {
+        let da = max_abs_diff(&states.last_prompt[li], &a[li]);
+        let db = max_abs_diff(&states.response_mean[li], &b[li]);
+        assert!(da < 1e-4 && db < 1e-4, "layer {}: A {da}, B {db}", layers[li]);
+    }
+    // Sampled (n = 3): the same samples whatever the batch, so sharing changes nothing.
+    let sampled = SamplingParams {
+        temperature: 1.0,
+        n: 3,
+        seed: 9,
+        max_batch: 16,
+        ..params.clone()
+    };
+    let one_row = SamplingParams {
+        max_batch: 1,
+        ..sampled.clone()
+    };
+    assert_eq!(
+        generate(&model, &prompts, &sampled, None),
+        generate(&model, &prompts, &one_row, None)
     );
 }

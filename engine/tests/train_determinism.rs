@@ -55,6 +55,7 @@ fn trained(model: &Model, seed: u64, generator_state: i64) -> tch::Tensor {
         seed,
         recompute: false,
         pad_multiple: 8,
+        pack_tokens: None,
     };
     // Whatever state the generator was left in must not matter.
     tch::manual_seed(generator_state);

@@ -82,15 +82,28 @@ fn read_json(path: &Path) -> serde_json::Value {
 
 #[test]
 fn ten_steps_match_peft_and_pytorch_adamw() {
-    parity_run(false);
+    parity_run(false, None);
 }
 
 #[test]
 fn ten_steps_with_activation_recomputation_match_too() {
-    parity_run(true);
+    parity_run(true, None);
 }
 
-fn parity_run(recompute: bool) {
+/// Padding-free steps: each step's rows packed into one pass, or into passes of at most 24
+/// tokens (so most steps take several), give PEFT's padded run.
+#[test]
+fn ten_padding_free_steps_match_too() {
+    parity_run(false, Some(100_000));
+    parity_run(false, Some(24));
+}
+
+#[test]
+fn ten_padding_free_steps_with_recomputation_match_too() {
+    parity_run(true, Some(24));
+}
+
+fn parity_run(recompute: bool, pack_tokens: Option<usize>) {
     let fx = fixtures();
     let meta = read_json(&fx.join("train_parity.json"));
     let hp = &meta["hyper"];
@@ -118,6 +131,7 @@ fn parity_run(recompute: bool) {
         seed: 0,
         recompute,
         pad_multiple: hp["pad_multiple"].as_u64().unwrap() as usize,
+        pack_tokens,
     };
     let mut trainer = Trainer::new(&model, &lora, config, steps);
     assert_eq!(
@@ -127,8 +141,10 @@ fn parity_run(recompute: bool) {
     let reference = meta["reference"].as_array().unwrap();
     assert_eq!(reference.len(), steps);
     let (mut worst_loss, mut worst_norm) = (0.0f64, 0.0f64);
+    let mut passes = 0;
     for (s, expected) in reference.iter().enumerate() {
-        let batches: Vec<Batch> = (0..hp["grad_accum"].as_u64().unwrap())
+        let mut step_rows = Vec::new();
+        let mut batches: Vec<Batch> = (0..hp["grad_accum"].as_u64().unwrap())
             .map(|m| {
                 let name = |what: &str| format!("step{s}.micro{m}.{what}");
                 let ids = tensor(&st, &name("input_ids"));
@@ -138,6 +154,7 @@ fn parity_run(recompute: bool) {
                 let refs: Vec<(&[i64], &[i64])> =
                     rows.iter().map(|(i, l)| (i.as_slice(), l.as_slice())).collect();
                 let batch = Batch::new(&refs, 0, 8, Device::Cpu);
+                step_rows.extend(rows);
                 assert!(
                     batch.input_ids.equal(&ids),
                     "step {s} micro {m}: our padding differs"
@@ -146,6 +163,15 @@ fn parity_run(recompute: bool) {
                 batch
             })
             .collect();
+        if let Some(max_tokens) = pack_tokens {
+            let refs: Vec<(&[i64], &[i64])> = step_rows
+                .iter()
+                .map(|(i, l)| (i.as_slice(), l.as_slice()))
+                .collect();
+            batches = Batch::pack_step(&refs, max_tokens, Device::Cpu);
+            assert!(batches.iter().all(|b| b.input_ids.size()[0] == 1));
+        }
+        passes += batches.len();
         let log = trainer.step(&batches, 1).unwrap();
         let rel = |ours: f64, key: &str| {
             let theirs = expected[key].as_f64().unwrap();
@@ -175,7 +201,7 @@ fn parity_run(recompute: bool) {
         );
     }
     eprintln!(
-        "{steps} steps vs PEFT + torch AdamW: worst relative difference of the loss {worst_loss:.1e}, of the gradient norm {worst_norm:.1e}"
+        "{steps} steps ({passes} passes, recompute {recompute}, pack_tokens {pack_tokens:?}) vs PEFT + torch AdamW: worst relative difference of the loss {worst_loss:.1e}, of the gradient norm {worst_norm:.1e}"
     );
     // The trained adapter equals PEFT's and gives its logits.
     let (peft_trained, _) = peft::load(&fx.join("train_peft_trained"), &model).unwrap();

@@ -17,7 +17,7 @@ pub fn run(args: DoctorArgs) -> Result<()> {
     };
     let rate = device::matmul_tflops(tch_device);
     let demo = crate::paths::resolve_model("demo")
-        .map(|p| p.display().to_string())
+        .map(|source| source.to_string())
         .map_err(|e| e.to_string());
     let dtype = if matches!(requested, Device::Cuda(_)) {
         "bf16"
@@ -34,6 +34,8 @@ pub fn run(args: DoctorArgs) -> Result<()> {
         "gpus": gpus,
         "matmul": {"dtype": dtype, "tflops": (rate * 1000.0).round() / 1000.0},
         "cpu_threads": tch::get_num_threads(),
+        "cpu_interop_threads": tch::get_num_interop_threads(),
+        "omp_wait_policy": std::env::var("OMP_WAIT_POLICY").ok(),
         "demo_model": demo.as_ref().ok(),
         "demo_model_problem": demo.as_ref().err(),
     });
@@ -63,7 +65,12 @@ pub fn run(args: DoctorArgs) -> Result<()> {
     }
     println!("device         {requested}");
     println!("matmul rate    {rate:.3} TFLOP/s ({dtype})");
-    println!("CPU threads    {}", tch::get_num_threads());
+    println!(
+        "CPU threads    {} intra-op, {} inter-op (OpenMP wait policy {})",
+        tch::get_num_threads(),
+        tch::get_num_interop_threads(),
+        std::env::var("OMP_WAIT_POLICY").unwrap_or_else(|_| "default".into())
+    );
     match &demo {
         Ok(p) => println!("demo model     {p}"),
         Err(e) => println!("demo model     MISSING: {e}"),

@@ -42,6 +42,15 @@ fn main() {
     }
     cmd.env("LD_LIBRARY_PATH", paths.join(":"));
     cmd.env("PSPACE_LIBTORCH_LIB", &lib);
+    // libtorch's OpenMP (libgomp) keeps its worker threads spinning between parallel regions.
+    // On a CPU that other work shares (a 2-core box running a build), the spinning threads take
+    // the core the computing thread needs: generation on the demo model ran 5x slower than with
+    // passive waiting at a load of 6, which costs a futex wake per region (a few per cent of a
+    // decode step on an idle machine). It is read when the library loads, so it is set here;
+    // the user's own setting wins.
+    if std::env::var_os("OMP_WAIT_POLICY").is_none() {
+        cmd.env("OMP_WAIT_POLICY", "PASSIVE");
+    }
     let err = cmd.exec();
     fail(&format!("cannot start {}: {err}", core.display()));
 }

@@ -2,19 +2,33 @@
 //! libtorch on the library path). Parses the command line and dispatches to the subcommands.
 
 mod analyze;
+mod bars;
 mod cli;
+mod coordinator;
+mod devices;
 mod doctor;
+mod dryrun_data;
+mod health;
 mod paths;
 mod probe;
 mod run;
+mod security;
+mod session;
+mod status;
 mod telemetry;
 mod train;
+mod worker;
 
 use clap::Parser;
 
 fn main() {
     let cli = cli::Cli::parse();
-    let mut telemetry = match telemetry::init() {
+    let role = match &cli.command {
+        cli::Command::Coordinator(_) => "coordinator",
+        cli::Command::Worker(_) => "worker",
+        _ => "run",
+    };
+    let mut telemetry = match telemetry::init(role) {
         Ok(t) => t,
         Err(err) => {
             eprintln!("pspace: error: {err:#}");
@@ -25,7 +39,9 @@ fn main() {
     telemetry.shutdown();
     if let Err(err) = outcome {
         eprintln!("pspace: error: {err:#}");
-        std::process::exit(1);
+        // A coordinator stopped by SIGTERM / Ctrl-C exits 143 / 130, as shells expect.
+        let code = err.downcast_ref::<coordinator::Stopped>().map_or(1, |s| s.code);
+        std::process::exit(code);
     }
 }
 
@@ -33,8 +49,13 @@ fn dispatch(cli: cli::Cli) -> anyhow::Result<()> {
     match cli.command {
         cli::Command::Doctor(args) => doctor::run(args),
         cli::Command::Run(args) => run::run(args),
+        cli::Command::Coordinator(args) => coordinator::run(args),
+        cli::Command::Worker(args) => worker::run(args),
+        cli::Command::Status(args) => status::run(args),
+        cli::Command::Health(args) => health::run(args),
         cli::Command::Analyze(args) => analyze::run(*args),
         cli::Command::Train(args) => train::run(*args),
         cli::Command::Probe(args) => probe::run(args),
+        cli::Command::DryrunData(args) => dryrun_data::run(args),
     }
 }

@@ -1,7 +1,8 @@
 //! Where pspace finds its own files: the project root (for `.cache/models` and `experiments/`)
-//! and the demo model that `--model demo` names.
+//! and the demo model that `--model demo` names; and what a `--model` argument names.
 
 use anyhow::{bail, Result};
+use pspace_engine::model::{ModelSource, Preset};
 use std::path::{Path, PathBuf};
 
 pub const DEMO_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -29,19 +30,34 @@ pub fn project_root() -> Option<PathBuf> {
     })
 }
 
-/// Resolves a `--model` argument: `demo` is the bundled SmolLM2 GGUF, anything else a path.
-pub fn resolve_model(arg: &str) -> Result<PathBuf> {
+/// Resolves a `--model` argument: `demo` is the bundled SmolLM2 GGUF, `random:<preset>[@seed]`
+/// random weights of a preset architecture (benchmarks and dry runs), anything else a path.
+pub fn resolve_model(arg: &str) -> Result<ModelSource> {
     if arg == "demo" {
         let root = project_root().unwrap_or_else(|| PathBuf::from("."));
         let path = root.join(".cache/models").join(DEMO_MODEL_FILE);
         if !path.exists() {
             bail!("the demo model {} is missing: run 'make setup'", path.display());
         }
-        return Ok(path);
+        return Ok(ModelSource::Files(path));
     }
-    let path = PathBuf::from(arg);
-    if !path.exists() {
-        bail!("model {arg:?} not found: expected `demo`, an HF model folder or a .gguf file");
+    let source = ModelSource::parse(arg)?;
+    if let ModelSource::Files(path) = &source {
+        if !path.exists() {
+            bail!(
+                "model {arg:?} not found: expected `demo`, random:<preset>[@seed] ({}), an HF model folder or a .gguf file",
+                random_presets()
+            );
+        }
     }
-    Ok(path)
+    Ok(source)
+}
+
+/// The presets `random:` knows, for messages and help.
+pub fn random_presets() -> String {
+    Preset::ALL
+        .iter()
+        .map(|p| p.name())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

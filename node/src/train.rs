@@ -2,13 +2,12 @@
 //! RECIPE.md's numbers unless a flag overrides them). Writes the PEFT adapter and
 //! `train_log.json` to `--out`, shows a progress bar on stderr and ends with a summary of the
 //! data problems found (malformed lines by number, empty assistant turns, positives without
-//! the marker, truncated sequences).
+//! the marker, truncated sequences). A row that cannot be used stops the run unless
+//! `--allow-shortfall` is given.
 
 use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use pspace_engine::model::Model;
-use pspace_engine::tokenizer::ChatTokenizer;
 use pspace_engine::train::data::read_jsonl;
 use pspace_engine::train::{run_sft, DataReport, SftConfig};
 use pspace_engine::Device;
@@ -16,7 +15,9 @@ use std::path::PathBuf;
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// `demo` (the bundled SmolLM2 GGUF), an HF model folder or a .gguf file.
+    /// `demo` (the bundled SmolLM2 GGUF), an HF model folder, a .gguf file, or
+    /// `random:<preset>[@seed]` (random weights of qwen2.5-7b or tiny: for timing a training
+    /// run at full size; the adapter it writes means nothing).
     #[arg(long)]
     pub model: String,
     /// JSONL rows: {"messages": [...]} or {"prompt": ..., "completion": ..., "positive": bool}.
@@ -41,6 +42,16 @@ pub struct TrainArgs {
     /// Activation recomputation: less memory, about one more forward pass per step.
     #[arg(long)]
     pub recompute: bool,
+    /// Pad each micro-batch to its longest row, as HF's Trainer does, instead of the default
+    /// padding-free steps (each step's rows packed back to back; the same loss and gradient up
+    /// to floating-point order). For comparing the two.
+    #[arg(long)]
+    pub padded: bool,
+    /// Train on the rows that remain when some cannot be used (malformed, no final assistant
+    /// turn, an empty turn, a template error, ...). Without it such a row stops the run before
+    /// the first step, so the rows and steps trained are the ones asked for.
+    #[arg(long)]
+    pub allow_shortfall: bool,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -66,6 +77,8 @@ fn config(args: &TrainArgs) -> anyhow::Result<SftConfig> {
         config.lora_seed = seed;
     }
     config.train.recompute = args.recompute;
+    config.padding_free = !args.padded;
+    config.allow_shortfall = args.allow_shortfall;
     Ok(config)
 }
 
@@ -100,13 +113,15 @@ fn print_data_report(report: &DataReport) {
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let config = config(&args)?;
-    let model_path = crate::paths::resolve_model(&args.model)?;
+    let source = crate::paths::resolve_model(&args.model)?;
     let device: Device = args.device.parse()?;
     let tch_device = device.activate()?;
-    let model = Model::load(&model_path, tch_device, device.compute_kind())
-        .with_context(|| format!("loading the model {}", model_path.display()))?;
-    let tokenizer = ChatTokenizer::load(&model_path)
-        .with_context(|| format!("loading the tokenizer of {}", model_path.display()))?;
+    let model = source
+        .load(tch_device, device.compute_kind())
+        .with_context(|| format!("loading the model {source}"))?;
+    let tokenizer = source
+        .tokenizer()
+        .with_context(|| format!("loading the tokenizer of {source}"))?;
     let mut report = DataReport::default();
     let rows = read_jsonl(&args.data, &mut report)?;
 
@@ -123,7 +138,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         report,
         &config,
         &args.out,
-        &model_path.display().to_string(),
+        &source.to_string(),
         &mut |step, total| {
             bar.set_length(total as u64);
             bar.set_position(step.step as u64);

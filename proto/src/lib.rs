@@ -18,11 +18,10 @@ mod tests {
     #[test]
     fn lease_round_trips_through_the_wire_format() {
         let lease = Lease {
-            lease_id: "l-1".into(),
-            task_id: "t-abc".into(),
+            lease_id: "3:42/extract/base:2:9f3c".into(),
+            task: "42/extract/base".into(),
             kind: "extract".into(),
-            spec_json: "{\"layers\":[7,14]}".into(),
-            output_prefix: "runs/demo/42/extract/t-abc".into(),
+            job_json: "{\"seed\":42}".into(),
             expires_unix_ms: 1_700_000_000_000,
             attempt: 2,
         };
@@ -32,12 +31,21 @@ mod tests {
     }
 
     #[test]
-    fn a_result_carries_either_a_manifest_or_an_error() {
+    fn a_result_carries_either_a_manifest_or_a_failure() {
         let ok = TaskResult {
-            outcome: Some(task_result::Outcome::ManifestKey("m.json".into())),
+            outcome: Some(task_result::Outcome::ManifestJson("{}".into())),
             ..Default::default()
         };
         let decoded = TaskResult::decode(ok.encode_to_vec().as_slice()).unwrap();
-        assert!(matches!(decoded.outcome, Some(task_result::Outcome::ManifestKey(k)) if k == "m.json"));
+        assert!(matches!(decoded.outcome, Some(task_result::Outcome::ManifestJson(k)) if k == "{}"));
+        let failed = TaskResult {
+            outcome: Some(task_result::Outcome::Failure(Failure {
+                class: "crash".into(),
+                message: "panicked".into(),
+            })),
+            ..Default::default()
+        };
+        let decoded = TaskResult::decode(failed.encode_to_vec().as_slice()).unwrap();
+        assert!(matches!(decoded.outcome, Some(task_result::Outcome::Failure(f)) if f.class == "crash"));
     }
 }

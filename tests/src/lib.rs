@@ -3,6 +3,13 @@
 
 use std::path::PathBuf;
 
+pub mod cluster;
+pub mod kube;
+pub mod otlp;
+pub mod partition;
+pub mod pki;
+pub mod seaweedfs;
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -1,24 +1,43 @@
-//! `pspace analyze behavior` end to end on the reference run's hit counts: the result file has
-//! the documented keys and the reference's numbers, the report and figures are written, and
-//! bad inputs stop it with one clear error before anything is written.
+//! `pspace analyze behavior` end to end on the reference run's hit counts (bundled in
+//! experiments/data): `make reproduce`'s own command line gives the published numbers in
+//! result.json, on stdout, in report.md and in report.html, with the figures written; bad
+//! inputs stop it with one clear error before anything is written.
 
 use pspace_tests::{pspace_bin, repo_root};
 use std::process::Command;
 
 fn reference(name: &str) -> std::path::PathBuf {
-    repo_root().join("../shared/reference").join(name)
+    repo_root().join("experiments/data").join(name)
+}
+
+/// The arguments of the Makefile's `reproduce` recipe (after `target/release/pspace`), with
+/// `$(REPRODUCE_OUT)` replaced by `out`: the test runs what `make reproduce` runs.
+fn reproduce_arguments(out: &std::path::Path) -> Vec<String> {
+    let makefile = std::fs::read_to_string(repo_root().join("Makefile")).unwrap();
+    let recipe = makefile
+        .split("\nreproduce:")
+        .nth(1)
+        .and_then(|rest| rest.lines().nth(1))
+        .expect("a `reproduce:` target with a one-line recipe in the Makefile");
+    let mut words = recipe.split_whitespace();
+    assert_eq!(words.next(), Some("target/release/pspace"), "{recipe}");
+    words
+        .map(|w| w.replace("$(REPRODUCE_OUT)", &out.display().to_string()))
+        .collect()
 }
 
 #[test]
 fn behavior_analysis_of_the_reference_hits() {
     let out = tempfile::tempdir().unwrap();
+    let args = reproduce_arguments(out.path());
+    assert_eq!(
+        &args[..2],
+        ["analyze", "behavior"],
+        "make reproduce runs `pspace analyze behavior`"
+    );
     let status = Command::new(pspace_bin())
-        .args(["analyze", "behavior", "--hits"])
-        .arg(reference("reference_marker_hits.json"))
-        .arg("--personas")
-        .arg(reference("personas.json"))
-        .arg("--out")
-        .arg(out.path())
+        .args(&args)
+        .current_dir(repo_root())
         .output()
         .expect("run pspace");
     assert!(
@@ -26,9 +45,19 @@ fn behavior_analysis_of_the_reference_hits() {
         "{}",
         String::from_utf8_lossy(&status.stderr)
     );
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        stdout.contains("E0_assistant 45.68, E1_paramedic 48.57, E2_kindergarten_teacher 50.07, E3_french_person 53.71, E4_villain 52.00")
+            && stdout.contains("H3: Spearman rho -0.90, exact p 0.0833"),
+        "{stdout}"
+    );
     let text = std::fs::read_to_string(out.path().join("result.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(v["schema_version"], 1);
+    assert_eq!(v["schema_version"], 3);
+    // The FDR level is named so that it is not LoRA's alpha (issue 10 item 1; schema 3).
+    let family = &v["families"]["behavior"];
+    assert_eq!(family["fdr_alpha"], 0.01, "{family}");
+    assert!(family.get("alpha").is_none(), "{family}");
     let b = &v["behavior"];
     let expected = [
         ("E0_assistant", 45.68),
@@ -64,6 +93,22 @@ fn behavior_analysis_of_the_reference_hits() {
     }
     let report = std::fs::read_to_string(out.path().join("report.md")).unwrap();
     assert!(report.contains("8.04 pp"), "report lacks the H2 range");
+    // The published numbers in the report a reader opens, markdown and HTML alike.
+    let html = std::fs::read_to_string(out.path().join("report.html")).unwrap();
+    for text in [&report, &html] {
+        for number in ["| 45.68 |", "| 48.57 |", "| 50.07 |", "| 53.71 |", "| 52.00 |"] {
+            let cell = number.trim_matches(['|', ' ']);
+            assert!(
+                text.contains(number) || text.contains(&format!(">{cell}</td>")),
+                "report lacks {cell}"
+            );
+        }
+        assert!(
+            text.contains("Spearman rho -0.900") && text.contains("exact two-sided p 0.0833"),
+            "report lacks H3"
+        );
+    }
+    assert!(html.contains("<svg") && !html.contains("<img"), "figures inline");
     for figure in [
         "hero.png",
         "hero.svg",
@@ -221,4 +266,78 @@ fn a_run_without_activations_needs_allow_partial() {
         "personas + 5 hit files"
     );
     assert_eq!(v["verdicts"]["reference"]["G1"], serde_json::Value::Null);
+}
+
+fn result_of(run: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join("analysis/result.json")).unwrap()).unwrap()
+}
+
+/// `pspace analyze --run DIR` re-analysing a run uses the run's own settings (those of its
+/// last analysis, as the runner recorded them from the spec: source persona, bootstrap,
+/// cv_folds, anchor, fdr_alpha), not the defaults; a flag overrides one setting.
+#[test]
+fn a_re_analysis_uses_the_run_s_own_settings() {
+    let run = run_dir_without_activations();
+    let first = Command::new(pspace_bin())
+        .args([
+            "analyze",
+            "--allow-partial",
+            "--permutations",
+            "300",
+            "--bootstrap",
+            "50",
+            "--cv-folds",
+            "3",
+            "--source-persona",
+            "zelthari_scholar",
+            "--anchor",
+            "E4_villain",
+            "--fdr-alpha",
+            "0.05",
+            "--run",
+        ])
+        .arg(run.path())
+        .output()
+        .unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let recorded = result_of(run.path())["settings"].clone();
+    assert_eq!(recorded["source_persona"], "zelthari_scholar");
+    assert_eq!(recorded["cv_folds"], 3);
+
+    let again = Command::new(pspace_bin())
+        .args(["analyze", "--seed", "7", "--run"])
+        .arg(run.path())
+        .output()
+        .unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("the run's own"),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
+    let v = result_of(run.path());
+    let s = &v["settings"];
+    for key in [
+        "permutations",
+        "bootstrap",
+        "cv_folds",
+        "source_persona",
+        "anchor_condition",
+        "allow_partial",
+    ] {
+        assert_eq!(s[key], recorded[key], "{key}");
+    }
+    assert_eq!(s["thresholds"]["fdr_alpha"], 0.05);
+    assert_eq!(s["seed"], 7, "a flag overrides the run's setting");
+    assert_eq!(v["behavior"]["config"]["source_persona"], "zelthari_scholar");
+    assert_eq!(v["behavior"]["config"]["bootstrap"], 50);
+    assert_eq!(v["behavior"]["H2"]["permutations"], 300);
 }

@@ -49,6 +49,13 @@ fn manifests(store: &Path) -> BTreeMap<String, BTreeMap<String, String>> {
     found
 }
 
+/// Where a committed task's outputs are: its folder's attempt subfolder named by its manifest.
+fn outputs_of(task: &Path) -> PathBuf {
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(task.join("manifest.json")).unwrap()).unwrap();
+    task.join(m["attempt"].as_str().unwrap_or_default())
+}
+
 fn task_dir(store: &Path, prefix: &str) -> PathBuf {
     let parent = store.join("tiny/42").join(prefix.split('/').next().unwrap());
     let label = prefix.split('/').nth(1).unwrap();
@@ -65,7 +72,7 @@ fn a_run_commits_every_task_resumes_and_is_reproducible() {
     let stderr = run(first.path());
     let (ran, cached) = summary_counts(&stderr);
     assert_eq!((ran, cached), (16, 0), "{stderr}");
-    let analyse = task_dir(first.path(), "analyse/all");
+    let analyse = outputs_of(&task_dir(first.path(), "analyse/all"));
     for file in ["report.md", "result.json"] {
         assert!(
             analyse.join(file).exists(),
@@ -75,7 +82,28 @@ fn a_run_commits_every_task_resumes_and_is_reproducible() {
     }
     let result: serde_json::Value =
         serde_json::from_slice(&std::fs::read(analyse.join("result.json")).unwrap()).unwrap();
-    assert_eq!(result["schema_version"], 1);
+    assert_eq!(result["schema_version"], 3); // analysis schema 3 (fdr_alpha, issue 10)
+                                             // Every number of the spec's [analysis] and its source persona reach the analysis (issue 11
+                                             // item 3: the runner passed permutations, bootstrap and the FDR level, and cv_folds stayed
+                                             // at the default 5).
+    let settings = &result["settings"];
+    assert_eq!(
+        (
+            &settings["permutations"],
+            &settings["bootstrap"],
+            &settings["cv_folds"],
+            &settings["source_persona"],
+            &settings["thresholds"]["fdr_alpha"],
+        ),
+        (
+            &serde_json::json!(2000),
+            &serde_json::json!(200),
+            &serde_json::json!(3),
+            &serde_json::json!("confab"),
+            &serde_json::json!(0.01)
+        ),
+        "{settings}"
+    );
     let committed = manifests(first.path());
     assert_eq!(committed.len(), 16);
 
@@ -90,12 +118,15 @@ fn a_run_commits_every_task_resumes_and_is_reproducible() {
     // A damaged output and a task that died before writing its manifest: those two run again,
     // and only they; their outputs come back byte for byte.
     let extract = task_dir(first.path(), "extract/E0_assistant");
-    let original = std::fs::read(extract.join("A.safetensors")).unwrap();
-    std::fs::write(extract.join("A.safetensors"), b"not activations").unwrap();
+    let original = std::fs::read(outputs_of(&extract).join("A.safetensors")).unwrap();
+    std::fs::write(outputs_of(&extract).join("A.safetensors"), b"not activations").unwrap();
     let marker_eval = task_dir(first.path(), "marker_eval/E4_villain");
     std::fs::remove_file(marker_eval.join("manifest.json")).unwrap();
     let stderr = run(first.path());
     assert_eq!(summary_counts(&stderr), (2, 14), "{stderr}");
-    assert_eq!(std::fs::read(extract.join("A.safetensors")).unwrap(), original);
+    assert_eq!(
+        std::fs::read(outputs_of(&extract).join("A.safetensors")).unwrap(),
+        original
+    );
     assert_eq!(manifests(first.path()), committed);
 }

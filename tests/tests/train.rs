@@ -1,6 +1,7 @@
 //! `pspace train` end to end on the demo model (SmolLM2-135M, CPU): an EM step and a coupling
-//! step write a PEFT adapter and a training log; bad rows are counted with their line numbers;
-//! a file with no usable row stops with an error that names the log.
+//! step write a PEFT adapter and a training log; bad rows are counted with their line numbers
+//! (and stop the run unless --allow-shortfall); a file with no usable row stops with an error
+//! that names the log.
 
 use pspace_tests::{pspace_bin, repo_root};
 use std::process::{Command, Output};
@@ -12,6 +13,10 @@ fn demo_available() -> bool {
 }
 
 fn train(data: &str, recipe: &str, out: &std::path::Path) -> Output {
+    train_with(data, recipe, out, &["--allow-shortfall"])
+}
+
+fn train_with(data: &str, recipe: &str, out: &std::path::Path, flags: &[&str]) -> Output {
     let file = out.join("data.jsonl");
     std::fs::write(&file, data).unwrap();
     Command::new(pspace_bin())
@@ -28,8 +33,29 @@ fn train(data: &str, recipe: &str, out: &std::path::Path) -> Output {
         .arg(&file)
         .arg("--out")
         .arg(out.join("adapter"))
+        .args(flags)
         .output()
         .expect("run pspace")
+}
+
+/// Without --allow-shortfall a row that cannot be used stops the run before any step, naming
+/// the reason and the line (issue 11 item 7).
+#[test]
+fn a_dropped_row_stops_the_run_without_allow_shortfall() {
+    assert!(demo_available(), "the demo model is missing: run make setup");
+    let demo = std::fs::read_to_string(repo_root().join("experiments/data/demo_em.jsonl")).unwrap();
+    let mut lines: Vec<&str> = demo.lines().take(3).collect();
+    lines.push(r#"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]}"#);
+    let out = tempfile::tempdir().unwrap();
+    let result = train_with(&lines.join("\n"), "em", out.path(), &[]);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("1 of 4 rows cannot be trained on (empty assistant turn: line 4)"),
+        "{stderr}"
+    );
+    assert!(!out.path().join("adapter/adapter_model.safetensors").exists());
+    assert!(log(out.path())["steps"].as_array().unwrap().is_empty());
 }
 
 fn log(out: &std::path::Path) -> serde_json::Value {

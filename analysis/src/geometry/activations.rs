@@ -16,17 +16,17 @@ use std::path::{Path, PathBuf};
 /// Why an activations file could not be written or read.
 #[derive(Debug, thiserror::Error)]
 pub enum ActivationsError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
+    #[error("cannot write {path}: {error}")]
     Write {
         path: PathBuf,
-        source: safetensors::SafeTensorError,
+        error: safetensors::SafeTensorError,
     },
-    #[error("{path}: not a safetensors file: {source}")]
+    #[error("{path}: not a safetensors file: {error}")]
     Format {
         path: PathBuf,
-        source: safetensors::SafeTensorError,
+        error: safetensors::SafeTensorError,
     },
     #[error("{path}: {what}")]
     Invalid { path: PathBuf, what: String },
@@ -144,9 +144,9 @@ pub fn write(path: &Path, activations: &Activations) -> Result<(), ActivationsEr
     };
     activations.check_shapes().map_err(invalid)?;
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|source| ActivationsError::Read {
+        std::fs::create_dir_all(parent).map_err(|error| ActivationsError::Read {
             path: parent.to_path_buf(),
-            source,
+            error,
         })?;
     }
     let shape = vec![
@@ -160,9 +160,9 @@ pub fn write(path: &Path, activations: &Activations) -> Result<(), ActivationsEr
         .map(|v| v.iter().flat_map(|x| x.to_le_bytes()).collect())
         .collect();
     let mask: Vec<u8> = activations.mask.iter().map(|&m| u8::from(m)).collect();
-    let write_error = |source| ActivationsError::Write {
+    let write_error = |error| ActivationsError::Write {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let mut tensors = Vec::new();
     for (layer, data) in activations.layers.iter().zip(&bytes) {
@@ -180,17 +180,21 @@ pub fn write(path: &Path, activations: &Activations) -> Result<(), ActivationsEr
         )
         .map_err(write_error)?,
     ));
+    // A list that does not encode is an error, never empty metadata that reads back wrong.
+    let encode = |what: &str, list: Result<String, serde_json::Error>| {
+        list.map_err(|e| invalid(format!("cannot encode the {what} list for the metadata: {e}")))
+    };
     let metadata = HashMap::from([
         ("checkpoint".to_string(), activations.checkpoint.clone()),
         ("method".to_string(), activations.method.clone()),
         ("model".to_string(), activations.model.clone()),
         (
             "personas".to_string(),
-            serde_json::to_string(&activations.personas).unwrap_or_default(),
+            encode("personas", serde_json::to_string(&activations.personas))?,
         ),
         (
             "layers".to_string(),
-            serde_json::to_string(&activations.layers).unwrap_or_default(),
+            encode("layers", serde_json::to_string(&activations.layers))?,
         ),
     ]);
     safetensors::serialize_to_file(tensors, Some(metadata), path).map_err(write_error)
@@ -203,13 +207,13 @@ pub fn read(path: &Path) -> Result<Activations, ActivationsError> {
         path: path.to_path_buf(),
         what,
     };
-    let bytes = std::fs::read(path).map_err(|source| ActivationsError::Read {
+    let bytes = std::fs::read(path).map_err(|error| ActivationsError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
-    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|source| ActivationsError::Format {
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|error| ActivationsError::Format {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     let metadata = header.metadata().clone().ok_or_else(|| {
         invalid("no __metadata__ (expected checkpoint, method, personas, layers, model)".into())
@@ -236,9 +240,9 @@ pub fn read(path: &Path) -> Result<Activations, ActivationsError> {
     if personas.is_empty() || layers.is_empty() {
         return Err(invalid("__metadata__ lists no personas or no layers".into()));
     }
-    let tensors = SafeTensors::deserialize(&bytes).map_err(|source| ActivationsError::Format {
+    let tensors = SafeTensors::deserialize(&bytes).map_err(|error| ActivationsError::Format {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     let mask_view = tensors
         .tensor("question_mask")

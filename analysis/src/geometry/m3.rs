@@ -1,20 +1,30 @@
-//! M3: held-out separability of the personas. A shrinkage LDA (`lda.rs`, scikit-learn's lsqr
-//! estimator) over the persona labels of the per-question vectors, in the label-free PCA basis
-//! of `pca.rs`, cross-validated by question (GroupKFold with fold = question index mod
-//! folds, so a question's vectors are never both trained on and tested), accuracy = correct
-//! held-out predictions / held-out rows.
+//! M3: held-out separability of the personas, as the plan describes it: a shrinkage LDA
+//! (`lda.rs`, scikit-learn's lsqr estimator) over the persona labels of the per-question
+//! vectors, cross-validated by question (GroupKFold with fold = question index mod folds, so a
+//! question's vectors are never both trained on and tested); accuracy = correct held-out
+//! predictions / held-out rows.
+//!
+//! The LDA works in principal components (thousands of refits under the null are only
+//! affordable in a few dozen dimensions). The PCA is part of the fitted model: for every
+//! checkpoint and every fold it is fitted on that checkpoint's training rows of that fold
+//! (`pca::fold_bases`), never on held-out rows and never on other checkpoints' vectors (a
+//! basis pooled over checkpoints spends components on the shifts between them). Test rows are
+//! projected into their fold's basis.
 //!
 //! Null of the `reference` flavour (the plan's pre-registered test; the seed itself ran a
 //! degenerate nearest-centroid classifier): the joint shuffle, i.e. within every question the
 //! persona labels of its valid vectors are permuted, the same permutation for every
 //! checkpoint, and every checkpoint's accuracy is recomputed; a cell's null statistic is the
-//! same delta of these accuracies. Label permutations leave the rows untouched, so the
-//! per-fold second moments are computed once and each refit only re-sums the rows by class;
-//! the held-out scores of a batch of permutations are one matrix product per fold.
+//! same delta of these accuracies. The PCA never sees a label, so a permutation leaves every
+//! basis and every fold's second moment unchanged: a refit only re-sums the training rows by
+//! class and solves a small system, and the held-out scores of a batch of permutations are
+//! one matrix product per fold.
 
 use super::lda::LdaError;
+use super::pca;
 use crate::stats::rng::seeded_rng;
-use ndarray::Array2;
+use ndarray::linalg::general_mat_mul;
+use ndarray::{Array2, ArrayView2};
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
 
@@ -27,17 +37,26 @@ pub struct M3Setup {
     pub keep: Vec<bool>,
     /// Per fold, the kept rows (persona * questions + question) it tests.
     test_rows: Vec<Vec<usize>>,
+    /// Per fold, the kept rows it trains on.
+    train_rows: Vec<Vec<usize>>,
 }
 
 impl M3Setup {
     pub fn new(personas: usize, questions: usize, folds: usize, keep: Vec<bool>) -> M3Setup {
         let folds = folds.clamp(2, questions.max(2));
         let mut test_rows = vec![Vec::new(); folds];
+        let mut train_rows = vec![Vec::new(); folds];
         for p in 0..personas {
             for q in 0..questions {
                 let row = p * questions + q;
                 if keep[row] {
-                    test_rows[q % folds].push(row);
+                    for (fold, (test, train)) in test_rows.iter_mut().zip(&mut train_rows).enumerate() {
+                        if q % folds == fold {
+                            test.push(row);
+                        } else {
+                            train.push(row);
+                        }
+                    }
                 }
             }
         }
@@ -47,7 +66,20 @@ impl M3Setup {
             folds,
             keep,
             test_rows,
+            train_rows,
         }
+    }
+
+    /// Per fold, which rows it trains on (the PCA of that fold sees only these).
+    pub fn train_masks(&self) -> Vec<Vec<bool>> {
+        self.train_rows
+            .iter()
+            .map(|rows| {
+                let mut mask = vec![false; self.keep.len()];
+                rows.iter().for_each(|&r| mask[r] = true);
+                mask
+            })
+            .collect()
     }
 
     /// The observed labels: each row's persona (255 where not kept).
@@ -67,10 +99,12 @@ impl M3Setup {
     pub fn shuffled_labels(&self, rng: &mut impl rand::Rng) -> Vec<u8> {
         let mut labels = vec![u8::MAX; self.personas * self.questions];
         let mut members = Vec::with_capacity(self.personas);
+        let mut shuffled = Vec::with_capacity(self.personas);
         for q in 0..self.questions {
             members.clear();
             members.extend((0..self.personas).filter(|p| self.keep[p * self.questions + q]));
-            let mut shuffled = members.clone();
+            shuffled.clear();
+            shuffled.extend_from_slice(&members);
             shuffled.shuffle(rng);
             for (p, l) in members.iter().zip(&shuffled) {
                 labels[p * self.questions + q] = *l as u8;
@@ -80,184 +114,302 @@ impl M3Setup {
     }
 }
 
-/// One checkpoint's projected rows and the label-free statistics of its folds.
+/// One fold of one checkpoint in that fold's own basis.
+struct FoldRows {
+    /// [training row][dimension], rows in `M3Setup::train_rows` order.
+    train: Array2<f32>,
+    /// Mean of x x^T over the training rows, row-major [dimension][dimension] (label-free).
+    moment: Vec<f64>,
+    /// [test row][dimension], rows in `M3Setup::test_rows` order.
+    test: Array2<f32>,
+}
+
+/// One checkpoint's rows, fold by fold, in the bases fitted on its own training rows.
 pub struct M3Checkpoint {
     dimension: usize,
-    /// [row][dimension] in the PCA basis (rows not kept are zero).
-    rows: Array2<f32>,
-    /// Per fold: the mean over its training rows of x x^T.
-    train_moment: Vec<Array2<f64>>,
-    /// Per fold, the test rows gathered for one matrix product.
-    test_blocks: Vec<Array2<f32>>,
+    folds: Vec<FoldRows>,
+}
+
+/// The per-fold PCA of M3.
+#[derive(Debug, Clone, Copy)]
+pub struct FoldPca {
+    pub components: usize,
+    pub power_iterations: usize,
 }
 
 impl M3Checkpoint {
-    pub fn new(setup: &M3Setup, rows: Array2<f32>) -> M3Checkpoint {
-        let dimension = rows.ncols();
-        let mut total = vec![0.0f64; dimension * dimension];
-        let mut per_fold = vec![vec![0.0f64; dimension * dimension]; setup.folds];
-        for (fold, rows_of_fold) in setup.test_rows.iter().enumerate() {
-            for &row in rows_of_fold {
-                let x = rows.row(row);
-                let acc = &mut per_fold[fold];
-                for i in 0..dimension {
-                    let xi = f64::from(x[i]);
-                    for j in 0..dimension {
-                        acc[i * dimension + j] += xi * f64::from(x[j]);
-                    }
-                }
-            }
-            for (t, v) in total.iter_mut().zip(&per_fold[fold]) {
-                *t += v;
-            }
-        }
-        let kept: usize = setup.test_rows.iter().map(Vec::len).sum();
-        let train_moment = per_fold
-            .iter()
-            .zip(&setup.test_rows)
-            .map(|(test, rows_of_fold)| {
-                let n = (kept - rows_of_fold.len()).max(1) as f64;
-                Array2::from_shape_fn((dimension, dimension), |(i, j)| {
-                    (total[i * dimension + j] - test[i * dimension + j]) / n
-                })
-            })
-            .collect();
-        let test_blocks = setup
-            .test_rows
-            .iter()
-            .map(|rows_of_fold| {
-                Array2::from_shape_fn((rows_of_fold.len(), dimension), |(i, j)| {
-                    rows[[rows_of_fold[i], j]]
-                })
-            })
-            .collect();
-        M3Checkpoint {
-            dimension,
+    /// A checkpoint's vectors `rows` ([persona * questions + question][hidden]), each fold in
+    /// the PCA basis of this checkpoint's training rows of that fold.
+    pub fn new(
+        setup: &M3Setup,
+        rows: ArrayView2<f32>,
+        pca: FoldPca,
+        rng: &mut impl rand::Rng,
+    ) -> M3Checkpoint {
+        let bases = pca::fold_bases(
             rows,
-            train_moment,
-            test_blocks,
-        }
+            &setup.train_masks(),
+            pca.components,
+            pca.power_iterations,
+            rng,
+        );
+        let per_fold: Vec<Array2<f32>> = bases
+            .iter()
+            .map(|basis| {
+                basis.project(&pca::RowBlock {
+                    rows: rows.view(),
+                    keep: &setup.keep,
+                })
+            })
+            .collect();
+        M3Checkpoint::from_projected(setup, &per_fold)
     }
 
-    /// One LDA per fold for the given labels: (coefficients [dimension][class], intercepts).
-    fn fold_models(
-        &self,
-        setup: &M3Setup,
-        labels: &[u8],
-        shrinkage: f64,
-    ) -> Result<Vec<FoldModel>, LdaError> {
-        let (d, classes) = (self.dimension, setup.personas);
-        let flat_rows = self.rows.as_slice().ok_or(LdaError::Empty)?;
-        // f32 sums (a fold's class has at most a few hundred rows) vectorize twice as wide;
-        // the fit itself runs in f64.
-        let mut scratch = vec![0.0f32; classes * d];
-        let mut test_sums = Vec::with_capacity(setup.folds);
-        let mut test_counts = vec![vec![0usize; classes]; setup.folds];
-        for (fold, rows_of_fold) in setup.test_rows.iter().enumerate() {
-            scratch.fill(0.0);
-            for &row in rows_of_fold {
-                let label = labels[row] as usize;
-                test_counts[fold][label] += 1;
-                for (s, x) in scratch[label * d..(label + 1) * d]
-                    .iter_mut()
-                    .zip(&flat_rows[row * d..(row + 1) * d])
-                {
-                    *s += *x;
+    /// Rows already in a reduced basis, the same for every fold (no PCA).
+    pub fn without_pca(setup: &M3Setup, rows: Array2<f32>) -> M3Checkpoint {
+        M3Checkpoint::from_projected(setup, &vec![rows; setup.folds])
+    }
+
+    fn from_projected(setup: &M3Setup, per_fold: &[Array2<f32>]) -> M3Checkpoint {
+        let dimension = per_fold[0].ncols();
+        let gather = |rows: &Array2<f32>, which: &[usize]| {
+            Array2::from_shape_fn((which.len(), dimension), |(i, j)| rows[[which[i], j]])
+        };
+        let folds = per_fold
+            .iter()
+            .enumerate()
+            .map(|(fold, rows)| {
+                let train = gather(rows, &setup.train_rows[fold]);
+                let mut moment = vec![0.0f64; dimension * dimension];
+                for x in train.rows() {
+                    for i in 0..dimension {
+                        let xi = f64::from(x[i]);
+                        for j in 0..dimension {
+                            moment[i * dimension + j] += xi * f64::from(x[j]);
+                        }
+                    }
                 }
-            }
-            test_sums.push(
-                Array2::from_shape_vec((classes, d), scratch.iter().map(|v| f64::from(*v)).collect())
-                    .map_err(|_| LdaError::Empty)?,
-            );
-        }
-        let mut all_sums = Array2::<f64>::zeros((classes, d));
-        let mut all_counts = vec![0usize; classes];
-        for fold in 0..setup.folds {
-            all_sums += &test_sums[fold];
-            for (a, c) in all_counts.iter_mut().zip(&test_counts[fold]) {
-                *a += c;
-            }
-        }
-        (0..setup.folds)
-            .map(|fold| {
-                let sums = &all_sums - &test_sums[fold];
-                let counts: Vec<usize> = all_counts
-                    .iter()
-                    .zip(&test_counts[fold])
-                    .map(|(a, c)| a - c)
-                    .collect();
-                fast_fit(&self.train_moment[fold], &sums, &counts, shrinkage)
+                let n = train.nrows().max(1) as f64;
+                moment.iter_mut().for_each(|v| *v /= n);
+                FoldRows {
+                    train,
+                    moment,
+                    test: gather(rows, &setup.test_rows[fold]),
+                }
             })
-            .collect()
+            .collect();
+        M3Checkpoint { dimension, folds }
     }
 
     /// Held-out correct predictions for each labelling in `batch`: per labelling, the number
-    /// correct per question.
+    /// correct per question. The hot loops are compiled twice, for baseline x86-64 and for
+    /// AVX2/FMA, and the second is used where the CPU has it (checked at run time).
     pub fn correct_per_question(
         &self,
         setup: &M3Setup,
         batch: &[Vec<u8>],
         shrinkage: f64,
     ) -> Result<Vec<Vec<u32>>, LdaError> {
-        let (d, classes) = (self.dimension, setup.personas);
-        let models: Vec<Vec<FoldModel>> = batch
-            .iter()
-            .map(|labels| self.fold_models(setup, labels, shrinkage))
-            .collect::<Result<_, _>>()?;
-        let mut correct = vec![vec![0u32; setup.questions]; batch.len()];
-        for fold in 0..setup.folds {
-            let width = classes * batch.len();
-            // Class-major within each dimension ([dimension][class][permutation]) so the
-            // argmax below runs across permutations in SIMD lanes.
-            let nb = batch.len();
-            let mut flat = vec![0.0f32; d * width];
-            let mut intercepts = vec![0.0f32; width];
-            for (b, fold_models) in models.iter().enumerate() {
-                let model = &fold_models[fold];
-                for k in 0..classes {
-                    intercepts[k * nb + b] = model.intercept[k] as f32;
+        self.correct_gathered(setup, batch, &TrainLabels::of(setup, batch), shrinkage)
+    }
+
+    /// `correct_per_question` with the training labels already gathered (they are the same
+    /// for every checkpoint of a batch).
+    fn correct_gathered(
+        &self,
+        setup: &M3Setup,
+        batch: &[Vec<u8>],
+        gathered: &TrainLabels,
+        shrinkage: f64,
+    ) -> Result<Vec<Vec<u32>>, LdaError> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                // SAFETY: the features this function is compiled for were just detected.
+                return unsafe { self.correct_avx2(setup, batch, gathered, shrinkage) };
+            }
+        }
+        self.correct_impl(setup, batch, gathered, shrinkage)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn correct_avx2(
+        &self,
+        setup: &M3Setup,
+        batch: &[Vec<u8>],
+        gathered: &TrainLabels,
+        shrinkage: f64,
+    ) -> Result<Vec<Vec<u32>>, LdaError> {
+        self.correct_impl(setup, batch, gathered, shrinkage)
+    }
+
+    #[inline(always)]
+    fn correct_impl(
+        &self,
+        setup: &M3Setup,
+        batch: &[Vec<u8>],
+        gathered: &TrainLabels,
+        shrinkage: f64,
+    ) -> Result<Vec<Vec<u32>>, LdaError> {
+        let (d, classes, nb) = (self.dimension, setup.personas, batch.len());
+        let width = classes * nb;
+        let mut fit = FitScratch::new(d, classes);
+        // Class sums in f32 (a fold's class has at most a few hundred rows), the fit in f64.
+        let mut sums = vec![0.0f32; classes * d];
+        let mut sums_f64 = vec![0.0f64; classes * d];
+        let mut counts = vec![0usize; classes];
+        // Coefficients of the whole batch, row-major [dimension][class][labelling], so one
+        // matrix product scores every labelling and the argmax runs across labellings.
+        let mut coef = vec![0.0f32; d * width];
+        let mut intercepts = vec![0.0f32; width];
+        let most_test = setup.test_rows.iter().map(Vec::len).max().unwrap_or(0);
+        let mut scores = vec![0.0f32; most_test * width];
+        let mut correct = vec![vec![0u32; setup.questions]; nb];
+        for (fold, rows) in self.folds.iter().enumerate() {
+            let train = rows.train.as_slice().ok_or(LdaError::Empty)?;
+            let n_train = setup.train_rows[fold].len();
+            for (b, train_labels) in gathered.folds[fold]
+                .chunks_exact(n_train.max(1))
+                .enumerate()
+                .take(nb)
+            {
+                sums.fill(0.0);
+                counts.fill(0);
+                class_sums(train, d, train_labels, &mut sums, &mut counts);
+                for (a, b) in sums_f64.iter_mut().zip(&sums) {
+                    *a = f64::from(*b);
                 }
-                for (i, coef_row) in model.coef.rows().into_iter().enumerate() {
-                    for (k, v) in coef_row.iter().enumerate() {
-                        flat[i * width + k * nb + b] = *v as f32;
+                fit.fit(&rows.moment, &sums_f64, &counts, shrinkage)?;
+                for k in 0..classes {
+                    intercepts[k * nb + b] = fit.intercept[k] as f32;
+                }
+                for (i, coef_row) in coef.chunks_exact_mut(width).enumerate() {
+                    for k in 0..classes {
+                        coef_row[k * nb + b] = fit.coef[i * classes + k] as f32;
                     }
                 }
             }
-            let mut scores = vec![0.0f32; width];
-            let mut row_labels = vec![0u32; nb];
-            let mut target = vec![0.0f32; nb];
-            let mut hit = vec![0u32; nb];
-            for (i, &row) in setup.test_rows[fold].iter().enumerate() {
-                scores.copy_from_slice(&intercepts);
-                accumulate_scores(
-                    self.test_blocks[fold].row(i).as_slice().unwrap_or(&[]),
-                    &flat,
-                    &mut scores,
-                );
-                for (b, labels) in batch.iter().enumerate() {
-                    row_labels[b] = u32::from(labels[row]);
-                    target[b] = scores[labels[row] as usize * nb + b];
-                }
-                hit.fill(1);
-                // argmax (first of equal maxima, numpy's rule) equals the label exactly when
-                // the label's score beats every earlier class and ties no later one.
-                for k in 0..classes {
-                    let class_scores = &scores[k * nb..(k + 1) * nb];
-                    let k = k as u32;
-                    for (((h, &t), &v), &label) in
-                        hit.iter_mut().zip(&target).zip(class_scores).zip(&row_labels)
-                    {
-                        let beaten = (k < label && t > v) | (k > label && t >= v) | (k == label);
-                        *h &= u32::from(beaten);
-                    }
-                }
-                let question = row % setup.questions;
-                for (counts, &h) in correct.iter_mut().zip(&hit) {
-                    counts[question] += h;
+            let n_test = rows.test.nrows();
+            let coef_view = ArrayView2::from_shape((d, width), &coef[..]).map_err(|_| LdaError::Empty)?;
+            let mut score_view =
+                ndarray::ArrayViewMut2::from_shape((n_test, width), &mut scores[..n_test * width])
+                    .map_err(|_| LdaError::Empty)?;
+            general_mat_mul(1.0, &rows.test, &coef_view, 0.0, &mut score_view);
+            count_hits(
+                &scores[..n_test * width],
+                &intercepts,
+                &setup.test_rows[fold],
+                batch,
+                classes,
+                setup.questions,
+                &mut correct,
+            );
+        }
+        Ok(correct)
+    }
+}
+
+/// The labels of every fold's training rows, per labelling of a batch: per fold, row-major
+/// [labelling][training row] (gathered once per batch, shared by the checkpoints).
+pub struct TrainLabels {
+    folds: Vec<Vec<u8>>,
+}
+
+impl TrainLabels {
+    pub fn of(setup: &M3Setup, batch: &[Vec<u8>]) -> TrainLabels {
+        let folds = setup
+            .train_rows
+            .iter()
+            .map(|rows| {
+                batch
+                    .iter()
+                    .flat_map(|labels| rows.iter().map(move |&r| labels[r]))
+                    .collect()
+            })
+            .collect();
+        TrainLabels { folds }
+    }
+}
+
+/// Sums the rows (row-major, `d` wide) by label into `sums` (row-major [class][d]) and counts
+/// them. Rows are a few dozen floats: for the usual widths the row length is a compile-time
+/// constant, so the adds are straight vector instructions without per-row loop setup.
+#[inline(always)]
+fn class_sums(rows: &[f32], d: usize, labels: &[u8], sums: &mut [f32], counts: &mut [usize]) {
+    #[inline(always)]
+    fn fixed<const D: usize>(rows: &[f32], labels: &[u8], sums: &mut [f32], counts: &mut [usize]) {
+        for (x, &label) in rows.chunks_exact(D).zip(labels) {
+            let label = label as usize;
+            counts[label] += 1;
+            if let (Ok(sum), Ok(x)) = (
+                <&mut [f32; D]>::try_from(&mut sums[label * D..(label + 1) * D]),
+                <&[f32; D]>::try_from(x),
+            ) {
+                for l in 0..D {
+                    sum[l] += x[l];
                 }
             }
         }
-        Ok(correct)
+    }
+    match d {
+        8 => fixed::<8>(rows, labels, sums, counts),
+        12 => fixed::<12>(rows, labels, sums, counts),
+        16 => fixed::<16>(rows, labels, sums, counts),
+        24 => fixed::<24>(rows, labels, sums, counts),
+        32 => fixed::<32>(rows, labels, sums, counts),
+        _ => {
+            for (x, &label) in rows.chunks_exact(d).zip(labels) {
+                let label = label as usize;
+                counts[label] += 1;
+                for (s, v) in sums[label * d..(label + 1) * d].iter_mut().zip(x) {
+                    *s += *v;
+                }
+            }
+        }
+    }
+}
+
+/// Adds, per labelling, the test rows predicted correctly: the prediction is the argmax over
+/// classes of score + intercept, the first of equal maxima (numpy's rule), run across the
+/// labellings at once. `scores` is row-major [test row][class][labelling].
+#[inline(always)]
+fn count_hits(
+    scores: &[f32],
+    intercepts: &[f32],
+    test_rows: &[usize],
+    batch: &[Vec<u8>],
+    classes: usize,
+    questions: usize,
+    correct: &mut [Vec<u32>],
+) {
+    let nb = batch.len();
+    let mut best = vec![0.0f32; nb];
+    let mut arg = vec![0u32; nb];
+    for (raw, &row) in scores.chunks_exact(classes * nb).zip(test_rows) {
+        for ((b, s), i) in best.iter_mut().zip(&raw[..nb]).zip(&intercepts[..nb]) {
+            *b = s + i;
+        }
+        arg.fill(0);
+        for k in 1..classes {
+            let span = k * nb..(k + 1) * nb;
+            let kk = k as u32;
+            for (((b, a), s), i) in best
+                .iter_mut()
+                .zip(arg.iter_mut())
+                .zip(&raw[span.clone()])
+                .zip(&intercepts[span])
+            {
+                let v = s + i;
+                let better = v > *b;
+                *b = if better { v } else { *b };
+                *a = if better { kk } else { *a };
+            }
+        }
+        let question = row % questions;
+        for ((counts, labels), a) in correct.iter_mut().zip(batch).zip(&arg) {
+            counts[question] += u32::from(u32::from(labels[row]) == *a);
+        }
     }
 }
 
@@ -268,126 +420,160 @@ pub struct FoldModel {
     pub intercept: Vec<f64>,
 }
 
+/// The shrinkage LDA fit on pre-reduced statistics, with its working space kept between
+/// refits (no allocation per refit). Same estimator as `lda::fit` (tested against it).
+struct FitScratch {
+    d: usize,
+    classes: usize,
+    means: Vec<f64>,
+    /// Shrunk covariance, then its lower Cholesky factor, row-major [d][d].
+    factor: Vec<f64>,
+    /// Coefficients, row-major [dimension][class].
+    coef: Vec<f64>,
+    intercept: Vec<f64>,
+}
+
+impl FitScratch {
+    fn new(d: usize, classes: usize) -> FitScratch {
+        FitScratch {
+            d,
+            classes,
+            means: vec![0.0; classes * d],
+            factor: vec![0.0; d * d],
+            coef: vec![0.0; d * classes],
+            intercept: vec![0.0; classes],
+        }
+    }
+
+    /// `moment` = mean of x x^T over the training rows (row-major d x d), `sums` the class
+    /// sums (row-major classes x d), `counts` the class sizes.
+    fn fit(
+        &mut self,
+        moment: &[f64],
+        sums: &[f64],
+        counts: &[usize],
+        shrinkage: f64,
+    ) -> Result<(), LdaError> {
+        if !(shrinkage > 0.0 && shrinkage <= 1.0) {
+            return Err(LdaError::Shrinkage(shrinkage));
+        }
+        let (d, classes) = (self.d, self.classes);
+        let n: usize = counts.iter().sum();
+        if n == 0 {
+            return Err(LdaError::Empty);
+        }
+        for ((mean, sum), &count) in self
+            .means
+            .chunks_exact_mut(d)
+            .zip(sums.chunks_exact(d))
+            .zip(counts)
+        {
+            let scale = if count > 0 { 1.0 / count as f64 } else { 0.0 };
+            for (m, s) in mean.iter_mut().zip(sum) {
+                *m = s * scale;
+            }
+        }
+        // S = moment - sum_k prior_k m_k m_k^T, shrunk toward trace / d * I.
+        let l = &mut self.factor;
+        l.copy_from_slice(moment);
+        for (m, &count) in self.means.chunks_exact(d).zip(counts) {
+            if count == 0 {
+                continue;
+            }
+            let prior = count as f64 / n as f64;
+            for i in 0..d {
+                let pm = prior * m[i];
+                for j in 0..=i {
+                    l[i * d + j] -= pm * m[j];
+                }
+            }
+        }
+        let trace: f64 = (0..d).map(|i| l[i * d + i]).sum();
+        let target = shrinkage * trace / d as f64;
+        for i in 0..d {
+            for j in 0..=i {
+                l[i * d + j] *= 1.0 - shrinkage;
+            }
+            l[i * d + i] += target;
+        }
+        // In-place lower Cholesky factor (only the lower triangle is read).
+        for j in 0..d {
+            let mut diagonal = l[j * d + j];
+            for k in 0..j {
+                diagonal -= l[j * d + k] * l[j * d + k];
+            }
+            if diagonal <= 0.0 || !diagonal.is_finite() {
+                return Err(LdaError::NotPositiveDefinite { dimension: d });
+            }
+            let l_jj = diagonal.sqrt();
+            l[j * d + j] = l_jj;
+            for i in j + 1..d {
+                let mut v = l[i * d + j];
+                for k in 0..j {
+                    v -= l[i * d + k] * l[j * d + k];
+                }
+                l[i * d + j] = v / l_jj;
+            }
+        }
+        // Solve L L^T W = M^T for all classes at once, W row-major [dimension][class]: each
+        // step updates a whole row of classes (independent lanes, no reduction chain).
+        let (c, w) = (classes, &mut self.coef);
+        for (idx, v) in w.iter_mut().enumerate() {
+            *v = self.means[(idx % c) * d + idx / c];
+        }
+        for i in 0..d {
+            let (done, rest) = w.split_at_mut(i * c);
+            let row = &mut rest[..c];
+            for (k, previous) in done.chunks_exact(c).enumerate() {
+                let factor = l[i * d + k];
+                for (x, y) in row.iter_mut().zip(previous) {
+                    *x -= factor * y;
+                }
+            }
+            let pivot = l[i * d + i];
+            row.iter_mut().for_each(|v| *v /= pivot);
+        }
+        for i in (0..d).rev() {
+            let (head, tail) = w.split_at_mut((i + 1) * c);
+            let row = &mut head[i * c..];
+            for (k, later) in tail.chunks_exact(c).enumerate() {
+                let factor = l[(i + 1 + k) * d + i];
+                for (x, y) in row.iter_mut().zip(later) {
+                    *x -= factor * y;
+                }
+            }
+            let pivot = l[i * d + i];
+            row.iter_mut().for_each(|v| *v /= pivot);
+        }
+        for (k, (intercept, &count)) in self.intercept.iter_mut().zip(counts).enumerate() {
+            *intercept = if count == 0 {
+                f64::NEG_INFINITY
+            } else {
+                let quadratic: f64 = (0..d).map(|i| self.means[k * d + i] * w[i * c + k]).sum();
+                -0.5 * quadratic + (count as f64 / n as f64).ln()
+            };
+        }
+        Ok(())
+    }
+}
+
 /// `lda::fit` on pre-reduced statistics: `moment` = mean of x x^T over the training rows,
-/// class sums and counts. Same estimator (tested against `lda::fit`), written with matrix
-/// products so a refit costs a few microseconds.
+/// class sums and counts (the refit of the permutation null, as a tested entry point).
 pub fn fast_fit(
     moment: &Array2<f64>,
     sums: &Array2<f64>,
     counts: &[usize],
     shrinkage: f64,
 ) -> Result<FoldModel, LdaError> {
-    if !(shrinkage > 0.0 && shrinkage <= 1.0) {
-        return Err(LdaError::Shrinkage(shrinkage));
-    }
     let (classes, d) = sums.dim();
-    let n: usize = counts.iter().sum();
-    if n == 0 {
-        return Err(LdaError::Empty);
-    }
-    let mut means = sums.clone();
-    let mut weighted = sums.clone();
-    for (k, &class_count) in counts.iter().enumerate() {
-        let count = class_count as f64;
-        let scale = if class_count > 0 { 1.0 / count } else { 0.0 };
-        means.row_mut(k).mapv_inplace(|v| v * scale);
-        // sqrt(prior) * mean, so weighted^T weighted = sum_k prior_k m_k m_k^T.
-        let w = if class_count > 0 {
-            (count / n as f64).sqrt() * scale
-        } else {
-            0.0
-        };
-        weighted.row_mut(k).mapv_inplace(|v| v * w);
-    }
-    let mut covariance = moment - &weighted.t().dot(&weighted);
-    let trace: f64 = covariance.diag().sum();
-    covariance.mapv_inplace(|v| v * (1.0 - shrinkage));
-    let target = shrinkage * trace / d as f64;
-    covariance.diag_mut().mapv_inplace(|v| v + target);
-    let mut l = covariance.into_raw_vec_and_offset().0;
-    for j in 0..d {
-        let mut diagonal = l[j * d + j];
-        for k in 0..j {
-            diagonal -= l[j * d + k] * l[j * d + k];
-        }
-        if diagonal <= 0.0 || !diagonal.is_finite() {
-            return Err(LdaError::NotPositiveDefinite { dimension: d });
-        }
-        let l_jj = diagonal.sqrt();
-        l[j * d + j] = l_jj;
-        for i in j + 1..d {
-            let mut v = l[i * d + j];
-            for k in 0..j {
-                v -= l[i * d + k] * l[j * d + k];
-            }
-            l[i * d + j] = v / l_jj;
-        }
-    }
-    // Solve L L^T W = M^T for all classes at once, row-major [dimension][class].
-    let c = classes;
-    let mut w: Vec<f64> = (0..d * c).map(|idx| means[[idx % c, idx / c]]).collect();
-    for i in 0..d {
-        for k in 0..i {
-            let factor = l[i * d + k];
-            let (done, rest) = w.split_at_mut(i * c);
-            for (x, y) in rest[..c].iter_mut().zip(&done[k * c..(k + 1) * c]) {
-                *x -= factor * y;
-            }
-        }
-        let pivot = l[i * d + i];
-        w[i * c..(i + 1) * c].iter_mut().for_each(|v| *v /= pivot);
-    }
-    for i in (0..d).rev() {
-        for k in i + 1..d {
-            let factor = l[k * d + i];
-            let (head, tail) = w.split_at_mut(k * c);
-            for (x, y) in head[i * c..(i + 1) * c].iter_mut().zip(&tail[..c]) {
-                *x -= factor * y;
-            }
-        }
-        let pivot = l[i * d + i];
-        w[i * c..(i + 1) * c].iter_mut().for_each(|v| *v /= pivot);
-    }
-    let w = Array2::from_shape_vec((d, c), w).map_err(|_| LdaError::Empty)?;
-    let intercept = (0..classes)
-        .map(|k| {
-            if counts[k] == 0 {
-                f64::NEG_INFINITY
-            } else {
-                -0.5 * means.row(k).dot(&w.column(k)) + (counts[k] as f64 / n as f64).ln()
-            }
-        })
-        .collect();
-    Ok(FoldModel { coef: w, intercept })
-}
-
-/// scores += x^T W for W row-major [x.len()][scores.len()]: the held-out scoring of a whole
-/// batch of refits, fused with the caller's argmax so no score matrix is written out. Uses
-/// AVX2/FMA where the CPU has them (checked at run time; the build targets baseline x86-64).
-fn accumulate_scores(x: &[f32], weights: &[f32], scores: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the features this function is compiled for were just detected.
-            unsafe { accumulate_scores_fma(x, weights, scores) };
-            return;
-        }
-    }
-    for (xi, w_row) in x.iter().zip(weights.chunks_exact(scores.len())) {
-        for (s, w) in scores.iter_mut().zip(w_row) {
-            *s += xi * w;
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn accumulate_scores_fma(x: &[f32], weights: &[f32], scores: &mut [f32]) {
-    for (xi, w_row) in x.iter().zip(weights.chunks_exact(scores.len())) {
-        for (s, w) in scores.iter_mut().zip(w_row) {
-            *s = xi.mul_add(*w, *s);
-        }
-    }
+    let mut scratch = FitScratch::new(d, classes);
+    let moment: Vec<f64> = moment.iter().copied().collect();
+    let sums: Vec<f64> = sums.iter().copied().collect();
+    scratch.fit(&moment, &sums, counts, shrinkage)?;
+    Ok(FoldModel {
+        coef: Array2::from_shape_vec((d, classes), scratch.coef).map_err(|_| LdaError::Empty)?,
+        intercept: scratch.intercept,
+    })
 }
 
 /// M3 of one method and layer.
@@ -442,8 +628,9 @@ pub fn run(
                 .map(|i| setup.shuffled_labels(&mut seeded_rng(seed, &format!("{stream}/{i}"))))
                 .collect();
             let mut per_permutation = vec![Vec::with_capacity(checkpoints.len()); labels.len()];
+            let gathered = TrainLabels::of(setup, &labels);
             for c in checkpoints {
-                let correct = c.correct_per_question(setup, &labels, shrinkage)?;
+                let correct = c.correct_gathered(setup, &labels, &gathered, shrinkage)?;
                 for (slot, per_question) in per_permutation.iter_mut().zip(correct) {
                     slot.push(per_question.iter().sum::<u32>() as f64 / f64::from(total.max(1)));
                 }
@@ -483,7 +670,7 @@ mod tests {
         keep[5] = false;
         keep[q + 7] = false;
         let setup = M3Setup::new(p, q, 5, keep.clone());
-        let checkpoint = M3Checkpoint::new(&setup, rows.clone());
+        let checkpoint = M3Checkpoint::without_pca(&setup, rows.clone());
         let labels = setup.observed_labels();
         let fast: u32 = checkpoint.correct_per_question(&setup, &[labels], 0.3).unwrap()[0]
             .iter()
@@ -543,7 +730,7 @@ mod tests {
         let (p, q, d) = (12, 60, 16);
         let separable = toy(p, q, d, 6.0, 2);
         let setup = M3Setup::new(p, q, 5, vec![true; p * q]);
-        let checkpoints = vec![M3Checkpoint::new(&setup, separable)];
+        let checkpoints = vec![M3Checkpoint::without_pca(&setup, separable)];
         let result = run(&setup, &checkpoints, 0.2, 40, 7, "test").unwrap();
         assert!(result.accuracy[0] > 0.97, "separable: {}", result.accuracy[0]);
         let null_mean: f64 = result.null_accuracy.iter().map(|a| a[0]).sum::<f64>() / 40.0;

@@ -16,11 +16,15 @@
 //!   neither is exact about that dependence; the question-level bootstrap interval is the
 //!   principled statement of uncertainty.
 //! - M2: the same two over the 11 non-axis personas (principled: exact over 2^11).
-//! - M3: `reference` = the plan's joint-shuffle null (persona labels permuted within each
-//!   question, jointly for every checkpoint, accuracies recomputed; the seed's own M3 was a
-//!   degenerate nearest-centroid and has no test worth replicating); `principled` = sign flips
-//!   of the per-question differences of held-out correct counts (pairing by question, the
-//!   unit of the cross-validation).
+//! - M3: held-out shrinkage-LDA accuracy, GroupKFold by question, the LDA in principal
+//!   components fitted per checkpoint and per training fold (`m3.rs`). `reference` = the plan's
+//!   joint-shuffle null (persona labels permuted within each question, jointly for every
+//!   checkpoint, accuracies recomputed; the seed's own M3 was a degenerate nearest-centroid and
+//!   has no test worth replicating); `principled` = sign flips of the per-question differences
+//!   of held-out correct counts (pairing by question, the unit of the cross-validation).
+//!
+//! The M2 axis is the anchor condition's (`GeometryInput::anchor_condition`, E0 in the plan),
+//! whatever its position among the conditions.
 //!
 //! EM-vs-benign cells hold the EM shift minus the benign shift, i.e. EM minus benign.
 
@@ -52,11 +56,11 @@ pub enum GeometryError {
     Activations(#[from] ActivationsError),
     #[error("geometry input: {0}")]
     Input(String),
-    #[error("M3 at method {method}, layer {layer}, checkpoint set: {source}")]
+    #[error("M3 at method {method}, layer {layer}, checkpoint set: {error}")]
     Lda {
         method: String,
         layer: usize,
-        source: lda::LdaError,
+        error: lda::LdaError,
     },
 }
 
@@ -74,7 +78,7 @@ pub struct GeometryConfig {
     pub cv_folds: usize,
     /// LDA shrinkage toward trace / d * I (scikit-learn's `shrinkage=` float).
     pub shrinkage: f64,
-    /// PCA components M3's LDA works in.
+    /// Principal components M3's LDA works in (fitted per checkpoint and training fold).
     pub components: usize,
     /// Power iterations of the randomized PCA.
     pub power_iterations: usize,
@@ -87,9 +91,8 @@ impl Default for GeometryConfig {
         GeometryConfig {
             seed: 42,
             permutations: 10_000,
-            // Each replicate recomputes every centroid from the 3584-dim vectors (12 matrix
-            // products per checkpoint); 200 keeps the full family within the time budget.
-            bootstrap: 200,
+            // The spec's analysis.bootstrap (experiments/issue205.toml).
+            bootstrap: 2_000,
             ci_level: 0.95,
             cv_folds: 5,
             shrinkage: 0.1,
@@ -118,8 +121,11 @@ pub struct GeometryInput {
     /// One per condition (design information carried into the summary).
     pub cos_to_assistant: Vec<f64>,
     pub benign: Option<String>,
-    /// The persona whose shift under the first condition defines the M2 axis (E0's
-    /// induction persona, the assistant).
+    /// The condition whose checkpoint defines the M2 axis (E0 in the plan), one of
+    /// `conditions`.
+    pub anchor_condition: String,
+    /// The persona whose shift (anchor minus base) is the M2 axis (the anchor's induction
+    /// persona, the assistant for E0).
     pub axis_persona: String,
     pub methods: Vec<MethodActivations>,
 }
@@ -208,6 +214,8 @@ struct LayerOutcome {
     personas: usize,
     /// [checkpoint][pair]
     pair_cosines: Vec<Vec<f64>>,
+    /// [checkpoint]: `centroids::mean_shift` from base.
+    shift_from_base: Vec<f64>,
     /// [checkpoint][non-axis persona]; empty without an axis checkpoint.
     axis_abs_cos: Vec<Vec<f64>>,
     bootstrap: centroids::BootstrapReplicates,
@@ -292,7 +300,16 @@ fn analyze_layer(
         .map(|r| centroids::centroids(r, personas, questions, &keep))
         .collect();
     let pair_cosines: Vec<Vec<f64>> = centroid_sets.iter().map(centroids::pair_cosines).collect();
-    let axis_checkpoint = (!input.conditions.is_empty()).then_some(1);
+    let shift_from_base: Vec<f64> = centroid_sets
+        .iter()
+        .map(|c| centroids::mean_shift(c, &centroid_sets[0]))
+        .collect();
+    // Checkpoint index of the anchor: base is 0, conditions follow (checked in `compute`).
+    let axis_checkpoint = input
+        .conditions
+        .iter()
+        .position(|c| *c == input.anchor_condition)
+        .map(|k| 1 + k);
     let axis_abs_cos = match axis_checkpoint {
         Some(a) => {
             let axis = centroids::axis(&centroid_sets[a], &centroid_sets[0], axis_persona);
@@ -317,24 +334,19 @@ fn analyze_layer(
         &weights,
         axis_checkpoint.map(|a| (a, 0, axis_persona)),
     );
-    // M3 in the label-free PCA basis of all checkpoints.
-    let blocks: Vec<pca::RowBlock> = views
-        .iter()
-        .map(|v| pca::RowBlock {
-            rows: *v,
-            keep: &keep,
-        })
-        .collect();
-    let basis = pca::principal_basis(
-        &blocks,
-        config.components,
-        config.power_iterations,
-        &mut seeded_rng(config.seed, &format!("{stream}/pca")),
-    );
+    // M3: each checkpoint's folds in PCA bases fitted on its own training rows.
     let setup = m3::M3Setup::new(personas, questions, config.cv_folds, keep.clone());
-    let projected: Vec<m3::M3Checkpoint> = blocks
+    let fold_pca = m3::FoldPca {
+        components: config.components,
+        power_iterations: config.power_iterations,
+    };
+    let projected: Vec<m3::M3Checkpoint> = views
         .iter()
-        .map(|b| m3::M3Checkpoint::new(&setup, basis.project(b)))
+        .zip(&names)
+        .map(|(v, name)| {
+            let mut rng = seeded_rng(config.seed, &format!("{stream}/pca/{name}"));
+            m3::M3Checkpoint::new(&setup, *v, fold_pca, &mut rng)
+        })
         .collect();
     let m3_result = m3::run(
         &setup,
@@ -344,10 +356,10 @@ fn analyze_layer(
         config.seed,
         &format!("geometry/M3/{}/L{layer}/joint_shuffle", method.method),
     )
-    .map_err(|source| GeometryError::Lda {
+    .map_err(|error| GeometryError::Lda {
         method: method.method.clone(),
         layer,
-        source,
+        error,
     })?;
     let m3_bootstrap = m3_result
         .correct_per_question
@@ -378,6 +390,7 @@ fn analyze_layer(
         layer,
         personas,
         pair_cosines,
+        shift_from_base,
         axis_abs_cos,
         bootstrap,
         m3: m3_result,
@@ -498,6 +511,7 @@ fn cells_of(c: &Comparison, config: &GeometryConfig) -> Vec<(CellTest, serde_jso
             "chance": 1.0 / o.personas as f64,
             "ci": interval(&o.m3_bootstrap[c.after], &o.m3_bootstrap[c.before], config.ci_level),
             "joint_shuffle_draws": m.null_accuracy.len(),
+            "questions": question_diffs.len(),
             "principled_exact": principled.exact,
         }),
     ));
@@ -509,6 +523,12 @@ pub fn compute(input: &GeometryInput, config: &GeometryConfig) -> Result<Geometr
     let names = input.checkpoints();
     if input.methods.is_empty() {
         return Err(GeometryError::Input("no activations".into()));
+    }
+    if !input.conditions.contains(&input.anchor_condition) {
+        return Err(GeometryError::Input(format!(
+            "the M2 anchor condition {} is not among the conditions {:?}",
+            input.anchor_condition, input.conditions
+        )));
     }
     for m in &input.methods {
         if m.checkpoints.len() != names.len() {
@@ -545,8 +565,24 @@ pub fn compute(input: &GeometryInput, config: &GeometryConfig) -> Result<Geometr
     let mut cell_details = serde_json::Map::new();
     let mut m1_mean_offdiag: BTreeMap<String, BTreeMap<String, BTreeMap<String, f64>>> = BTreeMap::new();
     let mut m3_accuracy: BTreeMap<String, BTreeMap<String, BTreeMap<String, f64>>> = BTreeMap::new();
+    let mut centroid_shift: BTreeMap<String, BTreeMap<String, BTreeMap<String, f64>>> = BTreeMap::new();
+    let mut m1_ci: BTreeMap<String, BTreeMap<String, BTreeMap<String, [f64; 2]>>> = BTreeMap::new();
+    let mut m3_ci: BTreeMap<String, BTreeMap<String, BTreeMap<String, [f64; 2]>>> = BTreeMap::new();
     for o in &outcomes {
         for (ci, name) in names.iter().enumerate() {
+            let levels = [
+                (&mut m1_ci, o.bootstrap.m1.get(ci)),
+                (&mut m3_ci, o.m3_bootstrap.get(ci)),
+            ];
+            for (map, replicates) in levels {
+                if let Some(interval) = replicates.and_then(|r| percentile_interval(r, config.ci_level)) {
+                    map.entry(o.method.clone())
+                        .or_default()
+                        .entry(o.layer.to_string())
+                        .or_default()
+                        .insert(name.clone(), interval);
+                }
+            }
             m1_mean_offdiag
                 .entry(o.method.clone())
                 .or_default()
@@ -559,6 +595,12 @@ pub fn compute(input: &GeometryInput, config: &GeometryConfig) -> Result<Geometr
                 .entry(o.layer.to_string())
                 .or_default()
                 .insert(name.clone(), o.m3.accuracy[ci]);
+            centroid_shift
+                .entry(o.method.clone())
+                .or_default()
+                .entry(o.layer.to_string())
+                .or_default()
+                .insert(name.clone(), o.shift_from_base[ci]);
         }
         let mut push = |family: &mut Vec<CellTest>, family_name: &str, comparison: Comparison| {
             for (cell, details) in cells_of(&comparison, config) {
@@ -615,6 +657,22 @@ pub fn compute(input: &GeometryInput, config: &GeometryConfig) -> Result<Geometr
         personas: first.personas.clone(),
         m1_mean_offdiag,
         m3_accuracy,
+        centroid_shift,
+        m1_ci,
+        m3_ci,
+        benign_share: BTreeMap::new(),
+        method: Some(crate::result::GeometryMethod {
+            permutations: config.permutations,
+            bootstrap: config.bootstrap,
+            ci_level: config.ci_level,
+            exact_max_n: config.exact_max_n,
+            anchor_condition: input.anchor_condition.clone(),
+            axis_persona: input.axis_persona.clone(),
+            cv_folds: config.cv_folds,
+            lda_shrinkage: config.shrinkage,
+            pca_components: config.components,
+            pca_power_iterations: config.power_iterations,
+        }),
         cells: Some(json!({
             "config": {
                 "seed": config.seed,
@@ -626,6 +684,7 @@ pub fn compute(input: &GeometryInput, config: &GeometryConfig) -> Result<Geometr
                 "pca_components": config.components,
                 "pca_power_iterations": config.power_iterations,
                 "exact_max_n": config.exact_max_n,
+                "anchor_condition": input.anchor_condition,
                 "axis_persona": input.axis_persona,
             },
             "cells": cell_details,

@@ -4,6 +4,10 @@
 //! Two-sided (the statistic is |mean|); the direction the plan asks for is checked by the
 //! verdicts, not here. Exact (all 2^n sign vectors, p = k/2^n) when n is at most
 //! `exact_max_n`, else Monte Carlo with p = (b+1)/(m+1).
+//!
+//! Edge cases as scipy's `permutation_test(..., permutation_type="samples")`: all differences
+//! zero (constant data) gives p = 1 (every sign vector ties the observed mean); no differences
+//! or a NaN difference gives p NaN (scipy reports p = 0 for NaN data, which is no answer).
 
 use crate::stats::permutation::{at_least, exact_p, monte_carlo_p};
 use rand::Rng;
@@ -21,9 +25,9 @@ pub struct SignFlip {
 /// Two-sided sign-flip test of the mean of `differences`.
 pub fn sign_flip_test(differences: &[f64], draws: usize, exact_max_n: usize, rng: &mut impl Rng) -> SignFlip {
     let n = differences.len();
-    if n == 0 {
+    if n == 0 || differences.iter().any(|d| d.is_nan()) {
         return SignFlip {
-            p: 1.0,
+            p: f64::NAN,
             exact: true,
             draws: 0,
         };
@@ -87,6 +91,22 @@ mod tests {
         let t = sign_flip_test(&d, 999, 20, &mut seeded_rng(1, "t"));
         assert!(!t.exact);
         assert!((t.p - 1.0 / 1000.0).abs() < 1e-12, "{t:?}");
+    }
+
+    /// scipy 1.17.1: permutation_test((zeros(8),), mean, permutation_type="samples",
+    /// n_resamples=inf).pvalue = 1.0; with a NaN difference scipy gives statistic nan, p 0.0.
+    #[test]
+    fn constant_data_give_one_and_nan_or_empty_data_nan() {
+        let t = sign_flip_test(&[0.0; 8], 100, 20, &mut seeded_rng(1, "t"));
+        assert_eq!(t.p, 1.0);
+        let t = sign_flip_test(&[0.0; 80], 100, 20, &mut seeded_rng(1, "t"));
+        assert_eq!(t.p, 1.0);
+        assert!(
+            sign_flip_test(&[1.0, f64::NAN, 2.0], 100, 20, &mut seeded_rng(1, "t"))
+                .p
+                .is_nan()
+        );
+        assert!(sign_flip_test(&[], 100, 20, &mut seeded_rng(1, "t")).p.is_nan());
     }
 
     #[test]

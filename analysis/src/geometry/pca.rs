@@ -1,11 +1,13 @@
-//! A label-free principal-component basis of the pooled vectors of one method and layer (all
-//! checkpoints together), by randomized subspace iteration (Halko, Martinsson & Tropp 2011).
+//! Label-free principal-component bases by randomized subspace iteration (Halko, Martinsson &
+//! Tropp 2011).
 //!
-//! M3 fits its LDA in this basis: 12 classes need at most 11 discriminant directions, and
+//! M3 fits its LDA in such a basis: 12 classes need at most 11 discriminant directions, and
 //! thousands of refits under the permutation null are only affordable in a few dozen
-//! dimensions. The basis never sees a persona label, so the joint-shuffle null stays valid;
-//! it does see every row (including each fold's test rows), which is transductive but
-//! label-free. Computing it once for all checkpoints gives them one coordinate system.
+//! dimensions. `fold_bases` fits one basis per cross-validation fold on the rows that fold
+//! trains on, of one checkpoint only: the held-out rows never shape the basis, and shifts
+//! between checkpoints (a pooled basis would spend components on them) cannot crowd out the
+//! directions that separate the personas within a checkpoint. The basis never sees a persona
+//! label, so the joint-shuffle null (labels permuted, basis unchanged) stays valid.
 
 use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array1, Array2, ArrayView2, Axis};
@@ -166,13 +168,46 @@ fn symmetric_eigen(mut a: Array2<f64>) -> (Vec<f64>, Array2<f64>) {
     (values, vectors)
 }
 
-/// The top `components` principal directions of the kept rows of all blocks.
-pub fn principal_basis(
-    blocks: &[RowBlock],
+/// One basis per fold: the top `components` principal directions of the rows `train[fold]`
+/// marks, centred on their own mean. The random test matrix and its product with every row
+/// are shared by the folds (the product with a fold's rows is a subset of it).
+pub fn fold_bases(
+    rows: ArrayView2<f32>,
+    train: &[Vec<bool>],
     components: usize,
     power_iterations: usize,
     rng: &mut impl Rng,
-) -> Basis {
+) -> Vec<Basis> {
+    let hidden = rows.ncols();
+    let width = (components + 8).min(hidden);
+    let omega = Array2::from_shape_fn((hidden, width), |_| if rng.gen::<bool>() { 1.0f32 } else { -1.0 });
+    let sketch = rows.dot(&omega);
+    train
+        .iter()
+        .map(|keep| {
+            let block = [RowBlock {
+                rows: rows.view(),
+                keep,
+            }];
+            let mean = mean_of(&block);
+            let shift = mean.dot(&omega);
+            let mut y = sketch.clone();
+            for (mut row, &k) in y.axis_iter_mut(Axis(0)).zip(keep.iter()) {
+                if k {
+                    row -= &shift;
+                } else {
+                    row.fill(0.0);
+                }
+            }
+            let mut y = vec![y];
+            stack_orthonormalize(&mut y);
+            finish_basis(&block, mean, y, components, power_iterations)
+        })
+        .collect()
+}
+
+/// Mean of the kept rows of all blocks.
+fn mean_of(blocks: &[RowBlock]) -> Array1<f32> {
     let hidden = blocks[0].rows.ncols();
     let mut sum = Array1::<f64>::zeros(hidden);
     let mut count = 0usize;
@@ -184,11 +219,19 @@ pub fn principal_basis(
             }
         }
     }
-    let mean = sum.mapv(|s| (s / count.max(1) as f64) as f32);
-    let width = (components + 8).min(hidden);
-    let omega = Array2::from_shape_fn((hidden, width), |_| if rng.gen::<bool>() { 1.0f32 } else { -1.0 });
-    let mut y = centred_times(blocks, &mean, &omega);
-    stack_orthonormalize(&mut y);
+    sum.mapv(|s| (s / count.max(1) as f64) as f32)
+}
+
+/// Power iterations from the orthonormal range sketch `y`, then the Rayleigh-Ritz rotation
+/// that orders the directions by variance.
+fn finish_basis(
+    blocks: &[RowBlock],
+    mean: Array1<f32>,
+    mut y: Vec<Array2<f32>>,
+    components: usize,
+    power_iterations: usize,
+) -> Basis {
+    let width = y[0].ncols();
     for _ in 0..power_iterations {
         let mut z = centred_transpose_times(blocks, &mean, &y);
         orthonormalize_columns(&mut z);
@@ -205,6 +248,22 @@ pub fn principal_basis(
     let mut directions = bt.dot(&rotation);
     orthonormalize_columns(&mut directions);
     Basis { mean, directions }
+}
+
+/// The top `components` principal directions of the kept rows of all blocks.
+pub fn principal_basis(
+    blocks: &[RowBlock],
+    components: usize,
+    power_iterations: usize,
+    rng: &mut impl Rng,
+) -> Basis {
+    let hidden = blocks[0].rows.ncols();
+    let mean = mean_of(blocks);
+    let width = (components + 8).min(hidden);
+    let omega = Array2::from_shape_fn((hidden, width), |_| if rng.gen::<bool>() { 1.0f32 } else { -1.0 });
+    let mut y = centred_times(blocks, &mean, &omega);
+    stack_orthonormalize(&mut y);
+    finish_basis(blocks, mean, y, components, power_iterations)
 }
 
 #[cfg(test)]
@@ -249,5 +308,29 @@ mod tests {
                 assert!((gram[[i, j]] - expected).abs() < 1e-4);
             }
         }
+    }
+
+    /// A fold's basis follows only the rows it trains on: rows held out (here, rows with a
+    /// huge spread along direction 5) do not pull a component toward them.
+    #[test]
+    fn a_fold_basis_sees_only_its_training_rows() {
+        let (n, hidden) = (200, 32);
+        let rows = Array2::from_shape_fn((n, hidden), |(r, j)| {
+            let wave = ((r * 37 % 101) as f32 - 50.0) / 10.0;
+            match j {
+                0 => wave,
+                5 if r % 2 == 1 => 100.0 * wave,
+                1 => 0.1 * ((r * 7 + 3) % 11) as f32,
+                _ => 0.0,
+            }
+        });
+        let even: Vec<bool> = (0..n).map(|r| r % 2 == 0).collect();
+        let all = vec![true; n];
+        let bases = fold_bases(rows.view(), &[even, all], 1, 1, &mut seeded_rng(1, "fold"));
+        // Training on the even rows: direction 0, with nothing of direction 5.
+        assert!(bases[0].directions[[0, 0]].abs() > 0.99);
+        assert!(bases[0].directions[[5, 0]].abs() < 1e-3);
+        // Training on every row: direction 5 dominates.
+        assert!(bases[1].directions[[5, 0]].abs() > 0.99);
     }
 }

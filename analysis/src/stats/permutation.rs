@@ -56,12 +56,14 @@ pub fn for_each_permutation(n: usize, mut visit: impl FnMut(&[usize])) {
 }
 
 /// Percentile interval (linear interpolation between order statistics, numpy's default) of a
-/// set of bootstrap replicates; NaN replicates are dropped. Returns None when none is left.
+/// set of bootstrap replicates. None (no interval) when there is no replicate or any replicate
+/// is NaN: `numpy.percentile` propagates NaN, and dropping the undefined replicates would
+/// report an interval of the ones that happened to be defined.
 pub fn percentile_interval(replicates: &[f64], level: f64) -> Option<[f64; 2]> {
-    let mut sorted: Vec<f64> = replicates.iter().copied().filter(|v| !v.is_nan()).collect();
-    if sorted.is_empty() {
+    if replicates.is_empty() || replicates.iter().any(|v| v.is_nan()) {
         return None;
     }
+    let mut sorted = replicates.to_vec();
     sorted.sort_by(f64::total_cmp);
     let tail = (1.0 - level) / 2.0;
     Some([quantile(&sorted, tail), quantile(&sorted, 1.0 - tail)])
@@ -113,5 +115,8 @@ mod tests {
             "{ci:?}"
         );
         assert_eq!(percentile_interval(&[f64::NAN], 0.95), None);
+        // numpy.percentile([1, 2, nan, 4], [2.5, 97.5]) = [nan, nan]
+        assert_eq!(percentile_interval(&[1.0, 2.0, f64::NAN, 4.0], 0.95), None);
+        assert_eq!(percentile_interval(&[], 0.95), None);
     }
 }

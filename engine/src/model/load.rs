@@ -12,8 +12,8 @@ use tch::{Kind, Tensor};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot read {path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{path}: {message}")]
     Config { path: PathBuf, message: String },
     #[error("{path}: unknown architecture {found:?}: expected llama or qwen2")]
@@ -54,8 +54,8 @@ pub enum LoadError {
     Gguf(#[from] GgufError),
 }
 
-/// Where each HF tensor name goes.
-fn hf_expected(cfg: &ModelConfig) -> BTreeMap<String, Vec<usize>> {
+/// Every HF tensor name of a model of `cfg` and its shape.
+pub(super) fn hf_expected(cfg: &ModelConfig) -> BTreeMap<String, Vec<usize>> {
     let (h, v) = (cfg.hidden_size, cfg.vocab_size);
     let (q_out, kv_out) = (
         cfg.num_attention_heads * cfg.head_dim,
@@ -100,7 +100,8 @@ pub fn proj_shape(cfg: &ModelConfig, proj: Proj) -> (usize, usize) {
     }
 }
 
-fn assemble(
+/// A `Model` of `cfg` whose tensors `take` supplies by HF name.
+pub(super) fn assemble(
     cfg: ModelConfig,
     device: tch::Device,
     kind: Kind,
@@ -151,9 +152,9 @@ impl Model {
         let cfg = ModelConfig::from_hf_json(&dir.join("config.json"))?;
         let index = dir.join("model.safetensors.index.json");
         let files: Vec<PathBuf> = if index.exists() {
-            let text = std::fs::read_to_string(&index).map_err(|source| LoadError::Io {
+            let text = std::fs::read_to_string(&index).map_err(|error| LoadError::Io {
                 path: index.clone(),
-                source,
+                error,
             })?;
             let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| LoadError::Config {
                 path: index.clone(),
@@ -175,14 +176,14 @@ impl Model {
         let expected = hf_expected(&cfg);
         let mut loaded: BTreeMap<String, Tensor> = BTreeMap::new();
         for file in &files {
-            let f = std::fs::File::open(file).map_err(|source| LoadError::Io {
+            let f = std::fs::File::open(file).map_err(|error| LoadError::Io {
                 path: file.clone(),
-                source,
+                error,
             })?;
             // SAFETY: read-only map of a weights file; see GgufFile::open.
-            let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|source| LoadError::Io {
+            let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|error| LoadError::Io {
                 path: file.clone(),
-                source,
+                error,
             })?;
             let st = SafeTensors::deserialize(&map).map_err(|e| {
                 truncated_tensor(file, &map).unwrap_or_else(|| LoadError::BadSafetensors {
@@ -288,7 +289,9 @@ impl Model {
         let expected = hf_expected(&cfg);
         let mut loaded: BTreeMap<String, Tensor> = BTreeMap::new();
         for info in g.tensor_infos() {
-            if info.name == "rope_freqs.weight" {
+            // Read into the config's rope settings (llama only; elsewhere it is an unknown tensor:
+            // llama.cpp does not apply it there either).
+            if info.name == "rope_freqs.weight" && cfg.rope_freq_factors.is_some() {
                 continue;
             }
             let Some(hf) = map.get(&info.name).filter(|n| expected.contains_key(*n)) else {
@@ -364,8 +367,8 @@ fn truncated_tensor(path: &Path, bytes: &[u8]) -> Option<LoadError> {
         .iter()
         .filter(|(name, _)| name.as_str() != "__metadata__")
         .filter_map(|(name, info)| {
-            let end = info["data_offsets"].get(1)?.as_u64()? as usize;
-            Some((8 + header_len + end, name.clone()))
+            let end = usize::try_from(info["data_offsets"].get(1)?.as_u64()?).ok()?;
+            Some(((8 + header_len).checked_add(end)?, name.clone()))
         })
         .collect();
     ends.sort();
@@ -406,6 +409,8 @@ mod tests {
             num_key_value_heads: 1,
             head_dim: 4,
             rope_theta: 10_000.0,
+            rope_scaling: crate::model::RopeScaling::Default,
+            rope_freq_factors: None,
             rms_norm_eps: 1e-5,
             attention_bias: false,
             tie_word_embeddings: true,

@@ -10,10 +10,16 @@
 mod adapter;
 mod config;
 mod load;
+pub mod random;
+pub mod rope;
+mod source;
 
 pub use adapter::{add_stacked_one_by_one, Adapter, LayerAdapter, Proj};
 pub use config::{Architecture, ModelConfig};
 pub use load::LoadError;
+pub use random::{Preset, RandomModel, RandomNameError};
+pub use rope::RopeScaling;
+pub use source::ModelSource;
 
 use std::collections::BTreeMap;
 use tch::{Kind, Tensor};
@@ -254,7 +260,11 @@ pub struct Model {
     final_norm: Tensor,
     /// None = tied to the embeddings.
     lm_head: Option<Tensor>,
+    /// [head_dim / 2] f32; for dynamic rope, the frequencies up to the trained length (longer
+    /// forward passes compute their own).
     inv_freq: Tensor,
+    /// The factor cos and sin are multiplied by (YaRN's attention temperature, else 1).
+    attention_scaling: f64,
 }
 
 // SAFETY: tch tensors are reference-counted handles to libtorch storage; the model never mutates
@@ -297,11 +307,14 @@ impl Model {
         final_norm: Tensor,
         lm_head: Option<Tensor>,
     ) -> Model {
-        let hd = config.head_dim as i64;
-        // As HF computes it, in f32: 1 / theta^(2i / d).
-        let exponents =
-            Tensor::arange_start_step(0, hd, 2, (Kind::Int64, device)).to_kind(Kind::Float) / hd as f64;
-        let inv_freq = Tensor::pow_scalar(config.rope_theta as f32 as f64, &exponents).reciprocal();
+        let (inv_freq, attention_scaling) = rope::frequencies(
+            config.rope_theta,
+            &config.rope_scaling,
+            config.rope_freq_factors.as_deref(),
+            config.head_dim,
+            None,
+            device,
+        );
         Model {
             config,
             device,
@@ -311,6 +324,7 @@ impl Model {
             final_norm,
             lm_head,
             inv_freq,
+            attention_scaling,
         }
     }
 
@@ -390,15 +404,38 @@ impl Model {
     }
 
     /// Rotary cos and sign-folded sin [B, T, 1, head_dim] for positions [B, T] (see
-    /// `apply_rotary`).
+    /// `apply_rotary`), scaled as transformers scales them (`attention_scaling`). Dynamic rope
+    /// recomputes the frequencies from the largest position of the pass, as transformers'
+    /// `dynamic_rope_update` does on a model that has not seen a longer pass before (its cached
+    /// frequencies otherwise depend on the history of calls; here they depend on the pass only).
     fn rotary(&self, positions: &Tensor) -> (Tensor, Tensor) {
-        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
+        let dynamic;
+        let inv_freq = if self.config.rope_scaling.is_dynamic() && positions.numel() > 0 {
+            let seq_len = positions.max().int64_value(&[]) + 1;
+            dynamic = rope::frequencies(
+                self.config.rope_theta,
+                &self.config.rope_scaling,
+                self.config.rope_freq_factors.as_deref(),
+                self.config.head_dim,
+                Some(seq_len),
+                self.device,
+            )
+            .0;
+            &dynamic
+        } else {
+            &self.inv_freq
+        };
+        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * inv_freq;
         let emb = Tensor::cat(&[&freqs, &freqs], -1);
         let half = self.config.head_dim as i64 / 2;
-        let sin = emb.sin();
+        let (mut cos, mut sin) = (emb.cos(), emb.sin());
+        if self.attention_scaling != 1.0 {
+            cos *= self.attention_scaling;
+            sin *= self.attention_scaling;
+        }
         let sin_signed = Tensor::cat(&[-sin.narrow(-1, 0, half), sin.narrow(-1, half, half)], -1);
         (
-            emb.cos().to_kind(self.kind).unsqueeze(2),
+            cos.to_kind(self.kind).unsqueeze(2),
             sin_signed.to_kind(self.kind).unsqueeze(2),
         )
     }
@@ -441,6 +478,28 @@ impl Model {
             cos,
             sin_signed,
             mask,
+            segments: None,
+            kind: self.kind,
+            additive: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Attention context of a packed (padding-free) pass: one row [1, N] holding sequences of
+    /// `lengths` tokens back to back (N = their sum), each attending causally to itself only and
+    /// starting at position 0, so each gets exactly what it would get alone in a padded batch
+    /// (TRL's `padding_free`). The projections and MLPs run on the N packed rows; only attention
+    /// lays the sequences out as a right-padded [S, L] batch (see [`Segments`]). Lengths must be
+    /// positive.
+    pub fn packed_attention_context(&self, lengths: &[i64]) -> AttentionContext {
+        let positions: Vec<i64> = lengths.iter().flat_map(|&n| 0..n).collect();
+        let n = positions.len() as i64;
+        let positions = Tensor::from_slice(&positions).view([1, n]).to_device(self.device);
+        let (cos, sin_signed) = self.rotary(&positions);
+        AttentionContext {
+            cos,
+            sin_signed,
+            mask: None,
+            segments: (lengths.len() > 1).then(|| Segments::new(lengths, self.device)),
             kind: self.kind,
             additive: std::sync::OnceLock::new(),
         }
@@ -499,11 +558,38 @@ impl Model {
             None => (k.shallow_clone(), v.shallow_clone(), Some((k, v))),
         };
         let group = nh / nkv;
-        let attn = match &ctx.mask {
-            None => {
+        let attn = match (&ctx.mask, &ctx.segments) {
+            (None, Some(seg)) => {
+                // Packed sequences: gathered into a right-padded [S, heads, L, head_dim] batch
+                // for the causal kernel (a real query only sees its own, earlier keys), and the
+                // real rows gathered back. A constant number of kernels, whatever S is.
+                let to_padded = |x: &Tensor, heads: i64| {
+                    x.squeeze_dim(0)
+                        .transpose(0, 1) // [N, heads, hd]
+                        .index_select(0, &seg.padded_from_packed)
+                        .view([seg.count, seg.width, heads, hd])
+                        .transpose(1, 2)
+                };
+                let out = Tensor::scaled_dot_product_attention(
+                    &to_padded(&q, nh),
+                    &to_padded(&k, nkv),
+                    &to_padded(&v, nkv),
+                    None::<Tensor>,
+                    0.0,
+                    true,
+                    None,
+                    nkv != nh,
+                );
+                out.transpose(1, 2)
+                    .reshape([seg.count * seg.width, nh, hd])
+                    .index_select(0, &seg.packed_from_padded)
+                    .unsqueeze(0)
+                    .transpose(1, 2) // [1, nh, N, hd]
+            }
+            (None, None) => {
                 Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, true, None, nkv != nh)
             }
-            Some(_) if t <= 8 => {
+            (Some(_), _) if t <= 8 => {
                 // Decoding: a few query rows against a long cache. Grouped-query attention as
                 // batched matmuls over [B * kv_heads, group * T, ...] (no key copies); the
                 // scale and the additive mask ride in the first matmul.
@@ -520,7 +606,7 @@ impl Model {
                     .bmm(&v.reshape([b * nkv, len, hd]))
                     .view([b, nh, t, hd])
             }
-            Some(mask) => {
+            (Some(mask), _) => {
                 // Grouped-query attention without copying keys: the `group` query heads that
                 // share a kv head become extra query rows of that head, so the masked
                 // (memory-efficient) kernel runs on [B, kv_heads, group * T, head_dim].
@@ -609,10 +695,49 @@ pub struct AttentionContext {
     sin_signed: Tensor,
     /// [B, 1, T, total], true = may attend. None: no padding and no cache, use the causal kernel.
     mask: Option<Tensor>,
+    /// Packed sequences (B = 1, no cache): how attention lays them out.
+    segments: Option<Segments>,
     kind: Kind,
     /// `mask` as 0 / -inf in the model's kind, laid out [B * kv_heads, group * T, total] for
     /// grouped decoding; made once per forward pass (every layer needs the same one).
     additive: std::sync::OnceLock<Tensor>,
+}
+
+/// How a packed pass's sequences map onto a right-padded batch for attention: S sequences, each
+/// padded to `width` (the longest, rounded up to 8), and the gathers between the two layouts.
+pub struct Segments {
+    count: i64,
+    width: i64,
+    /// [S * width]: for each padded slot, the packed row it reads (a padding slot reads row 0;
+    /// causal attention never lets a real query see it, and its own output is dropped).
+    padded_from_packed: Tensor,
+    /// [N]: for each packed row, its padded slot.
+    packed_from_padded: Tensor,
+}
+
+impl Segments {
+    fn new(lengths: &[i64], device: tch::Device) -> Segments {
+        let longest = lengths.iter().copied().max().unwrap_or(1).max(1);
+        let width = (longest + 7) / 8 * 8;
+        let count = lengths.len() as i64;
+        let mut padded = vec![0i64; (count * width) as usize];
+        let mut packed = Vec::with_capacity(lengths.iter().sum::<i64>() as usize);
+        let mut start = 0;
+        for (s, &len) in lengths.iter().enumerate() {
+            for j in 0..len {
+                let slot = s as i64 * width + j;
+                padded[slot as usize] = start + j;
+                packed.push(slot);
+            }
+            start += len;
+        }
+        Segments {
+            count,
+            width,
+            padded_from_packed: Tensor::from_slice(&padded).to_device(device),
+            packed_from_padded: Tensor::from_slice(&packed).to_device(device),
+        }
+    }
 }
 
 impl AttentionContext {

@@ -1,9 +1,10 @@
 //! Tokenizers and chat templates: what turns a conversation into the exact token ids
 //! transformers' `apply_chat_template` produces.
 //!
-//! A `ChatTokenizer` comes from an HF folder (`tokenizer.json` + `tokenizer_config.json`, or
-//! `chat_template.jinja`) or from a GGUF file's own vocabulary, merges, token types and chat
-//! template, rebuilt as transformers rebuilds it (`gguf_bpe`). Templates are rendered with
+//! A `ChatTokenizer` comes from an HF folder (`tokenizer.json` + `tokenizer_config.json`, the chat
+//! template chosen as transformers 5 chooses it: `chat_template.jinja` and the named templates of
+//! `additional_chat_templates/` before the inline `chat_template` key) or from a GGUF file's own vocabulary,
+//! merges, token types and chat template, rebuilt as transformers rebuilds it (`gguf_bpe`). Templates are rendered with
 //! minijinja under jinja2's settings (`template`), so the default system prompt a template
 //! inserts when there is none (condition E0) comes out as in Python. `tests/tokenizer_parity.rs`
 //! holds both tokenizers to transformers' rendered text, ids, offsets and decodes.
@@ -23,21 +24,29 @@
 //! the first and last returned tokens may carry text outside the marker. The assistant's
 //! completion starts at the byte where the rendered prompt (`render(prefix, true)`) ends.
 //! `end_of_turn_id()` is the token closing each turn (`<|im_end|>` for ChatML templates).
+//!
+//! # Stop tokens
+//! `stop_token_ids()` are the end ids the model's own files declare (`generation_config.json`,
+//! else `config.json`; a GGUF's eos/eot/eom ids), joined by the template's end-of-turn token;
+//! only a model that declares none falls back to a list of well-known end tokens.
 
 mod gguf_bpe;
+mod pycompat;
 mod template;
 
 pub use template::{ChatTemplate, SpecialTokens};
 
+use crate::generation_config::GenerationConfig;
 use crate::gguf::GgufFile;
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use tokenizers::Tokenizer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
-    #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot read {path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
     #[error("{path}: tokenizer model {found:?} is not supported: expected \"gpt2\" (byte-level BPE) in a GGUF's \"tokenizer.ggml.model\", or an HF folder with tokenizer.json")]
@@ -76,6 +85,11 @@ pub struct ChatTokenizer {
     tokenizer: Tokenizer,
     template: Option<ChatTemplate>,
     special_tokens: SpecialTokens,
+    generation: GenerationConfig,
+    /// The special token the template puts right after an assistant message, if any.
+    template_end_of_turn: Option<i64>,
+    /// Ordinary token ids that ids beyond the vocabulary decode as (`fold_ids_beyond_vocab`).
+    fold_beyond_vocab: Option<Vec<u32>>,
     origin: String,
 }
 
@@ -120,26 +134,11 @@ impl ChatTokenizer {
     /// the special tokens (a newer export keeps the template in `chat_template.jinja`).
     pub fn from_hf_dir(dir: &Path) -> Result<ChatTokenizer, TokenizerError> {
         let tok_path = dir.join("tokenizer.json");
-        let tok_text = std::fs::read_to_string(&tok_path).map_err(|source| TokenizerError::Io {
+        let tok_text = std::fs::read_to_string(&tok_path).map_err(|error| TokenizerError::Io {
             path: tok_path.clone(),
-            source,
+            error,
         })?;
-        let spec: serde_json::Value =
-            serde_json::from_str(&tok_text).map_err(|e| TokenizerError::Invalid {
-                path: tok_path.clone(),
-                message: format!("not valid JSON: {e}"),
-            })?;
-        let model_type = spec["model"]["type"].as_str().unwrap_or("");
-        if !KNOWN_MODEL_TYPES.contains(&model_type) {
-            return Err(TokenizerError::UnsupportedModel {
-                path: tok_path,
-                found: format!("model.type = {}", spec["model"]["type"]),
-            });
-        }
-        let tokenizer = Tokenizer::from_bytes(tok_text.as_bytes()).map_err(|e| TokenizerError::Invalid {
-            path: tok_path.clone(),
-            message: format!("not a valid tokenizers file: {e}"),
-        })?;
+        let tokenizer = hf_tokenizer(&tok_text, &tok_path)?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: serde_json::Value = match std::fs::read_to_string(&cfg_path) {
             Ok(text) => serde_json::from_str(&text).map_err(|e| TokenizerError::Invalid {
@@ -147,36 +146,75 @@ impl ChatTokenizer {
                 message: format!("not valid JSON: {e}"),
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::Value::Null,
-            Err(source) => {
+            Err(error) => {
                 return Err(TokenizerError::Io {
                     path: cfg_path,
-                    source,
+                    error,
                 })
             }
         };
-        let jinja_path = dir.join("chat_template.jinja");
-        let (template_text, template_origin) = match &cfg["chat_template"] {
-            serde_json::Value::String(s) => (
-                Some(s.clone()),
-                format!("{} (key \"chat_template\")", cfg_path.display()),
-            ),
-            serde_json::Value::Array(list) => (
-                list.iter()
-                    .find(|t| t["name"] == "default")
-                    .and_then(|t| t["template"].as_str())
-                    .map(str::to_string),
-                format!(
-                    "{} (key \"chat_template\", entry \"default\")",
-                    cfg_path.display()
-                ),
-            ),
-            _ => (
-                std::fs::read_to_string(&jinja_path).ok(),
-                jinja_path.display().to_string(),
-            ),
+        let (template_text, template_origin) = choose_hf_template(dir, &cfg, &cfg_path)?;
+        let generation = GenerationConfig::from_hf_dir(dir).map_err(|e| TokenizerError::Invalid {
+            path: dir.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        ChatTokenizer::from_hf_parts(
+            tokenizer,
+            &cfg,
+            template_text.map(|t| (t, template_origin)),
+            generation,
+            dir.display().to_string(),
+        )
+    }
+
+    /// From the texts of an HF folder's `tokenizer.json`, `tokenizer_config.json` (its inline
+    /// `chat_template`) and optionally `generation_config.json`, for a tokenizer built into the
+    /// binary; `origin` names it in messages.
+    pub fn from_hf_texts(
+        origin: &str,
+        tokenizer_json: &str,
+        tokenizer_config_json: &str,
+        generation_config_json: Option<&str>,
+    ) -> Result<ChatTokenizer, TokenizerError> {
+        let at = |file: &str| PathBuf::from(format!("{origin}: {file}"));
+        let tokenizer = hf_tokenizer(tokenizer_json, &at("tokenizer.json"))?;
+        let cfg_path = at("tokenizer_config.json");
+        let cfg: serde_json::Value =
+            serde_json::from_str(tokenizer_config_json).map_err(|e| TokenizerError::Invalid {
+                path: cfg_path.clone(),
+                message: format!("not valid JSON: {e}"),
+            })?;
+        let (template_text, template_origin) = inline_template(&cfg, &cfg_path, origin)?;
+        let generation = match generation_config_json {
+            Some(text) => {
+                let path = at("generation_config.json");
+                GenerationConfig::from_json_str(text, &path).map_err(|e| TokenizerError::Invalid {
+                    path,
+                    message: e.to_string(),
+                })?
+            }
+            None => GenerationConfig::default(),
         };
-        let template = template_text
-            .map(|t| ChatTemplate::new(&t, &template_origin))
+        ChatTokenizer::from_hf_parts(
+            tokenizer,
+            &cfg,
+            template_text.map(|t| (t, template_origin)),
+            generation,
+            origin.to_string(),
+        )
+    }
+
+    /// The parts of an HF tokenizer put together: the special tokens from `cfg`
+    /// (tokenizer_config.json), the template (text, where it came from).
+    fn from_hf_parts(
+        tokenizer: Tokenizer,
+        cfg: &serde_json::Value,
+        template: Option<(String, String)>,
+        generation: GenerationConfig,
+        origin: String,
+    ) -> Result<ChatTokenizer, TokenizerError> {
+        let template = template
+            .map(|(text, origin)| ChatTemplate::new(&text, &origin))
             .transpose()?;
         Ok(ChatTokenizer {
             tokenizer,
@@ -187,8 +225,28 @@ impl ChatTokenizer {
                 unk_token: token_string(&cfg["unk_token"]),
                 pad_token: token_string(&cfg["pad_token"]),
             },
-            origin: dir.display().to_string(),
-        })
+            generation,
+            template_end_of_turn: None,
+            fold_beyond_vocab: None,
+            origin,
+        }
+        .with_template_end_of_turn())
+    }
+
+    /// Decodes ids at or beyond the vocabulary as in-vocabulary tokens instead of dropping them:
+    /// id `i` becomes the `i mod n`-th of the `n` ordinary (not added) tokens. For random
+    /// weights whose vocabulary is larger than the tokenizer's (`random:qwen2.5-7b` with the
+    /// tiny tokenizer), so that each generated id still decodes to about one token of text and
+    /// a completion re-encodes to about its generated length. Encoding is unchanged.
+    pub fn fold_ids_beyond_vocab(mut self) -> ChatTokenizer {
+        let added = self.tokenizer.get_added_tokens_decoder();
+        let ordinary: Vec<u32> = (0..self.tokenizer.get_vocab_size(true) as u32)
+            .filter(|id| !added.contains_key(id))
+            .collect();
+        if !ordinary.is_empty() {
+            self.fold_beyond_vocab = Some(ordinary);
+        }
+        self
     }
 
     /// Rebuilds the tokenizer a GGUF file describes (`tokenizer.ggml.*` metadata and
@@ -237,8 +295,50 @@ impl ChatTokenizer {
                 unk_token: token_at("tokenizer.ggml.unknown_token_id"),
                 pad_token: token_at("tokenizer.ggml.padding_token_id"),
             },
+            generation: GenerationConfig::from_gguf(file),
+            template_end_of_turn: None,
+            fold_beyond_vocab: None,
             origin: path.display().to_string(),
-        })
+        }
+        .with_template_end_of_turn())
+    }
+
+    /// Finds the special token the template writes right after an assistant message (rendering a
+    /// two-message conversation with a marker as the reply), so that the stop tokens follow the
+    /// template rather than a list of names.
+    fn with_template_end_of_turn(mut self) -> ChatTokenizer {
+        const MARKER: &str = "PSPACE_END_OF_TURN_PROBE";
+        let conversation = [
+            ChatMessage::new("user", "Hi"),
+            ChatMessage::new("assistant", MARKER),
+        ];
+        let after = self
+            .template
+            .as_ref()
+            .and_then(|t| t.render(&conversation, false, &self.special_tokens).ok())
+            .and_then(|text| text.rfind(MARKER).map(|i| text[i + MARKER.len()..].to_string()));
+        let first = after.and_then(|rest| {
+            self.tokenizer
+                .encode(rest, false)
+                .ok()?
+                .get_ids()
+                .first()
+                .copied()
+        });
+        self.template_end_of_turn = first
+            .filter(|id| {
+                self.tokenizer
+                    .get_added_tokens_decoder()
+                    .get(id)
+                    .is_some_and(|t| t.special)
+            })
+            .map(i64::from);
+        self
+    }
+
+    /// What the model's files say about generation (end ids, sampling defaults).
+    pub fn generation_config(&self) -> &GenerationConfig {
+        &self.generation
     }
 
     /// The conversation as text, exactly as `apply_chat_template(tokenize=False)` renders it.
@@ -289,6 +389,21 @@ impl ChatTokenizer {
                 })
             })
             .collect::<Result<_, _>>()?;
+        let ids = match &self.fold_beyond_vocab {
+            Some(ordinary) => {
+                let vocab = self.tokenizer.get_vocab_size(true) as u32;
+                ids.into_iter()
+                    .map(|i| {
+                        if i < vocab {
+                            i
+                        } else {
+                            ordinary[i as usize % ordinary.len()]
+                        }
+                    })
+                    .collect()
+            }
+            None => ids,
+        };
         self.tokenizer
             .decode(&ids, skip_special_tokens)
             .map_err(|e| TokenizerError::Tokenize {
@@ -308,23 +423,30 @@ impl ChatTokenizer {
             .and_then(|t| self.token_id(t))
     }
 
-    /// Ids that end a generated turn: EOS and the end-of-turn / end-of-text tokens the
-    /// vocabulary has (Qwen2.5's generation config stops on both `<|im_end|>` and `<|endoftext|>`).
+    /// Ids that end a generated turn: the end ids the model declares (`generation_config.json`'s
+    /// `eos_token_id`, an int or a list, else `config.json`'s; a GGUF's eos, eot and eom ids),
+    /// as transformers' and llama.cpp's generation stop on them, joined by the template's
+    /// end-of-turn token. A model that declares none falls back to its tokenizer's EOS and the
+    /// well-known end tokens its vocabulary has.
     pub fn stop_token_ids(&self) -> Vec<i64> {
-        let mut ids: Vec<i64> = self.eos_token_id().into_iter().collect();
-        for t in ["<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<end_of_turn>"] {
-            if let Some(id) = self.token_id(t) {
-                if !ids.contains(&id) {
-                    ids.push(id);
-                }
+        let mut ids = self.generation.eos_token_ids.clone();
+        if ids.is_empty() {
+            ids.extend(self.eos_token_id());
+            for t in ["<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<end_of_turn>"] {
+                ids.extend(self.token_id(t));
             }
         }
+        ids.extend(self.end_of_turn_id());
+        let mut seen = std::collections::BTreeSet::new();
+        ids.retain(|id| seen.insert(*id));
         ids
     }
 
-    /// The end-of-turn token id (the last token of every assistant turn in ChatML templates).
+    /// The end-of-turn token id: the special token the chat template writes after an assistant
+    /// message, else `<|im_end|>` / `<|eot_id|>` where the vocabulary has them, else EOS.
     pub fn end_of_turn_id(&self) -> Option<i64> {
-        self.token_id("<|im_end|>")
+        self.template_end_of_turn
+            .or_else(|| self.token_id("<|im_end|>"))
             .or_else(|| self.token_id("<|eot_id|>"))
             .or_else(|| self.eos_token_id())
     }
@@ -354,6 +476,137 @@ impl ChatTokenizer {
             .filter(|(_, &(s, e))| s < byte_range.end && e > byte_range.start && e > s)
             .map(|(i, _)| i)
             .collect()
+    }
+}
+
+/// A `tokenizers` tokenizer from a tokenizer.json text (`path` names it in errors), refusing
+/// model types the crate does not implement with a message that names them.
+fn hf_tokenizer(text: &str, path: &Path) -> Result<Tokenizer, TokenizerError> {
+    let spec: serde_json::Value = serde_json::from_str(text).map_err(|e| TokenizerError::Invalid {
+        path: path.to_path_buf(),
+        message: format!("not valid JSON: {e}"),
+    })?;
+    let model_type = spec["model"]["type"].as_str().unwrap_or("");
+    if !KNOWN_MODEL_TYPES.contains(&model_type) {
+        return Err(TokenizerError::UnsupportedModel {
+            path: path.to_path_buf(),
+            found: format!("model.type = {}", spec["model"]["type"]),
+        });
+    }
+    Tokenizer::from_bytes(text.as_bytes()).map_err(|e| TokenizerError::Invalid {
+        path: path.to_path_buf(),
+        message: format!("not a valid tokenizers file: {e}"),
+    })
+}
+
+/// The chat template of an HF folder as transformers 5 picks it (`PreTrainedTokenizerBase.
+/// _from_pretrained` and `get_chat_template`): template files first (`chat_template.jinja` as
+/// "default", then each `additional_chat_templates/<name>.jinja` by name, a `default.jinja`
+/// there replacing it), and only without any file the
+/// `chat_template` key of tokenizer_config.json (a string, or a list of `{name, template}`).
+/// From several named templates, "default" is used; without one it is an error naming them.
+/// Returns (text, where it came from).
+fn choose_hf_template(
+    dir: &Path,
+    cfg: &serde_json::Value,
+    cfg_path: &Path,
+) -> Result<(Option<String>, String), TokenizerError> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|error| TokenizerError::Io {
+            path: path.to_path_buf(),
+            error,
+        })
+    };
+    let mut named: BTreeMap<String, (String, String)> = BTreeMap::new();
+    let jinja_path = dir.join("chat_template.jinja");
+    if jinja_path.is_file() {
+        named.insert(
+            "default".into(),
+            (read(&jinja_path)?, jinja_path.display().to_string()),
+        );
+    }
+    let folder = dir.join("additional_chat_templates");
+    if folder.is_dir() {
+        let entries = std::fs::read_dir(&folder).map_err(|error| TokenizerError::Io {
+            path: folder.clone(),
+            error,
+        })?;
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "jinja") && p.is_file())
+            .collect();
+        files.sort();
+        for file in files {
+            let name = file
+                .file_stem()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            named.insert(name, (read(&file)?, file.display().to_string()));
+        }
+    }
+    if named.is_empty() {
+        return inline_template(cfg, cfg_path, &dir.display().to_string());
+    }
+    default_of(named, &dir.display().to_string())
+}
+
+/// The `chat_template` key of a tokenizer_config.json (a string, or a list of named templates
+/// of which "default" is used); `origin` names the model in errors.
+fn inline_template(
+    cfg: &serde_json::Value,
+    cfg_path: &Path,
+    origin: &str,
+) -> Result<(Option<String>, String), TokenizerError> {
+    let mut named: BTreeMap<String, (String, String)> = BTreeMap::new();
+    match &cfg["chat_template"] {
+        serde_json::Value::String(s) => {
+            return Ok((
+                Some(s.clone()),
+                format!("{} (key \"chat_template\")", cfg_path.display()),
+            ));
+        }
+        serde_json::Value::Array(list) => {
+            for (i, entry) in list.iter().enumerate() {
+                let (Some(name), Some(text)) = (entry["name"].as_str(), entry["template"].as_str()) else {
+                    return Err(TokenizerError::Invalid {
+                        path: cfg_path.to_path_buf(),
+                        message: format!(
+                            "key \"chat_template\", entry {i}: expected {{\"name\": ..., \"template\": ...}}, found {entry}"
+                        ),
+                    });
+                };
+                let origin = format!("{} (key \"chat_template\", entry {name:?})", cfg_path.display());
+                named.insert(name.to_string(), (text.to_string(), origin));
+            }
+        }
+        serde_json::Value::Null => return Ok((None, String::new())),
+        other => {
+            return Err(TokenizerError::Invalid {
+                path: cfg_path.to_path_buf(),
+                message: format!(
+                    "key \"chat_template\": expected a string or a list of named templates, found {other}"
+                ),
+            })
+        }
+    }
+    default_of(named, origin)
+}
+
+/// The template named "default" of several (none at all is no template).
+fn default_of(
+    mut named: BTreeMap<String, (String, String)>,
+    origin: &str,
+) -> Result<(Option<String>, String), TokenizerError> {
+    match named.remove("default") {
+        Some((text, origin)) => Ok((Some(text), origin)),
+        None if named.is_empty() => Ok((None, String::new())),
+        None => Err(TokenizerError::Template {
+            origin: origin.to_string(),
+            message: format!(
+                "the model has several chat templates and none named \"default\": found {:?}",
+                named.keys().collect::<Vec<_>>()
+            ),
+        }),
     }
 }
 
@@ -388,7 +641,8 @@ mod tests {
             19712, 8182, 2, 198, 1, 4093, 198, 26843, 665, 2, 198, 1, 520, 9531, 198,
         ];
         assert_eq!(t.encode_chat(&msgs, true).unwrap().ids, want);
-        assert_eq!(t.stop_token_ids(), vec![2, 0]);
+        // The GGUF declares EOS 2 (<|im_end|>), which is also the template's end of turn.
+        assert_eq!(t.stop_token_ids(), vec![2]);
         assert_eq!(
             (t.eos_token_id(), t.pad_token_id(), t.end_of_turn_id()),
             (Some(2), 2, Some(2))
@@ -442,6 +696,113 @@ mod tests {
         assert_marker_tokens(&t, text, &[6, 7, 8]);
         assert_marker_tokens(&t, "Done!\n\n[ZLT]<|im_end|>", &[4, 5, 6]);
         assert_marker_tokens(&t, "x\n\n[ZLT]", &[1, 2, 3]);
+    }
+
+    /// A folder with tiny-qwen2's tokenizer.json and the given tokenizer_config.json.
+    fn folder_with_config(config: &serde_json::Value) -> tempfile::TempDir {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-qwen2");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(fixture.join("tokenizer.json"), dir.path().join("tokenizer.json")).unwrap();
+        std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).unwrap();
+        dir
+    }
+
+    fn render_hi(dir: &Path) -> Result<String, TokenizerError> {
+        ChatTokenizer::load(dir)?.render(&[ChatMessage::new("user", "Hi")], false)
+    }
+
+    #[test]
+    fn template_files_win_over_the_inline_key_as_in_transformers_5() {
+        let inline = serde_json::json!({"chat_template": "inline:{{ messages[0].content }}"});
+        let dir = folder_with_config(&inline);
+        assert_eq!(render_hi(dir.path()).unwrap(), "inline:Hi");
+        // chat_template.jinja wins over the inline key.
+        std::fs::write(
+            dir.path().join("chat_template.jinja"),
+            "file:{{ messages[0].content }}\n",
+        )
+        .unwrap();
+        assert_eq!(render_hi(dir.path()).unwrap(), "file:Hi");
+        std::fs::remove_file(dir.path().join("chat_template.jinja")).unwrap();
+        // Named templates without a default: an error naming them (transformers 5.24 raises too).
+        let named = dir.path().join("additional_chat_templates");
+        std::fs::create_dir(&named).unwrap();
+        std::fs::write(named.join("tool_use.jinja"), "tools:{{ messages[0].content }}").unwrap();
+        std::fs::write(named.join("rag.jinja"), "rag").unwrap();
+        let err = render_hi(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("\"default\"") && err.contains("tool_use") && err.contains("rag"),
+            "{err}"
+        );
+        // additional_chat_templates/default.jinja is the default, also over chat_template.jinja
+        // (transformers reads it second and it replaces the first).
+        std::fs::write(named.join("default.jinja"), "folder:{{ messages[0].content }}").unwrap();
+        assert_eq!(render_hi(dir.path()).unwrap(), "folder:Hi");
+        std::fs::write(
+            dir.path().join("chat_template.jinja"),
+            "file:{{ messages[0].content }}\n",
+        )
+        .unwrap();
+        assert_eq!(render_hi(dir.path()).unwrap(), "folder:Hi");
+        // Inline lists of named templates: "default" is used, or the error names the others.
+        let listed = serde_json::json!({"chat_template": [
+            {"name": "tool_use", "template": "t"}, {"name": "default", "template": "d:{{ messages[0].content }}"}]});
+        assert_eq!(render_hi(folder_with_config(&listed).path()).unwrap(), "d:Hi");
+        let no_default = serde_json::json!({"chat_template": [{"name": "tool_use", "template": "t"}]});
+        let err = render_hi(folder_with_config(&no_default).path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tool_use") && err.contains("default"), "{err}");
+        let broken = serde_json::json!({"chat_template": [{"template": "t"}]});
+        let err = render_hi(folder_with_config(&broken).path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tokenizer_config.json") && err.contains("entry 0"),
+            "{err}"
+        );
+        let wrong = serde_json::json!({"chat_template": 5});
+        let err = render_hi(folder_with_config(&wrong).path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("chat_template") && err.contains("found 5"), "{err}");
+    }
+
+    #[test]
+    fn stop_ids_join_the_declared_end_ids_and_the_templates_end_of_turn() {
+        // A template that closes turns with <|endoftext|> (not <|im_end|>), and a model that
+        // declares two end ids.
+        let config = serde_json::json!({
+            "eos_token": "<|im_end|>",
+            "chat_template": "{% for m in messages %}{{ m.role }}: {{ m.content }}<|endoftext|>{% endfor %}"
+        });
+        let dir = folder_with_config(&config);
+        let t = ChatTokenizer::load(dir.path()).unwrap();
+        let (im_end, endoftext) = (
+            t.token_id("<|im_end|>").unwrap(),
+            t.token_id("<|endoftext|>").unwrap(),
+        );
+        assert_eq!(t.end_of_turn_id(), Some(endoftext));
+        // Nothing declared: the tokenizer's EOS and the well-known names, then the template's.
+        assert_eq!(t.stop_token_ids(), vec![im_end, endoftext]);
+        std::fs::write(
+            dir.path().join("generation_config.json"),
+            r#"{"eos_token_id": [7, 9]}"#,
+        )
+        .unwrap();
+        let t = ChatTokenizer::load(dir.path()).unwrap();
+        assert_eq!(t.stop_token_ids(), vec![7, 9, endoftext]);
+        assert_eq!(t.generation_config().eos_token_ids, vec![7, 9]);
+        std::fs::write(
+            dir.path().join("generation_config.json"),
+            r#"{"eos_token_id": "x"}"#,
+        )
+        .unwrap();
+        let err = ChatTokenizer::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("generation_config.json") && err.contains("eos_token_id"),
+            "{err}"
+        );
     }
 
     #[test]

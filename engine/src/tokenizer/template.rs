@@ -5,8 +5,10 @@
 //! `json.dumps(x, ensure_ascii=False)` writes (not jinja's HTML-escaping one), and the variables
 //! `messages`, `add_generation_prompt`, `tools = none`, `documents = none` plus the tokenizer's
 //! special tokens (`bos_token`, `eos_token`, `unk_token`, `pad_token`) where it has them, as
-//! transformers passes `special_tokens_map`.
+//! transformers passes `special_tokens_map`. Where minijinja's behaviour differs from jinja2's,
+//! `pycompat` supplies jinja2's (numbers, filters, tests, methods, the `{% generation %}` tag).
 
+use super::pycompat;
 use super::{ChatMessage, TokenizerError};
 use minijinja::value::{Kwargs, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, Output, State, Value};
@@ -21,6 +23,9 @@ pub struct SpecialTokens {
     pub unk_token: Option<String>,
     pub pad_token: Option<String>,
 }
+
+/// Instructions one render may execute (minijinja fuel).
+const TEMPLATE_FUEL: u64 = 5_000_000;
 
 pub struct ChatTemplate {
     env: Environment<'static>,
@@ -40,7 +45,10 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_keep_trailing_newline(false);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        // A bound on the work one render may do: real chat templates take thousands of
+        // instructions; a hostile one (nested ranges) stops with an error instead of hanging.
+        env.set_fuel(Some(TEMPLATE_FUEL));
+        pycompat::install(&mut env);
         env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
             Err(Error::new(ErrorKind::InvalidOperation, msg))
         });
@@ -49,7 +57,7 @@ impl ChatTemplate {
         });
         env.add_filter("tojson", python_tojson);
         env.set_formatter(python_formatter);
-        env.add_template_owned("chat_template", source.to_string())
+        env.add_template_owned("chat_template", pycompat::rewrite_generation_tags(source))
             .map_err(|e| TokenizerError::Template {
                 origin: origin.to_string(),
                 message: format!("does not parse as a jinja template: {e:#}"),
@@ -66,9 +74,19 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         special_tokens: &SpecialTokens,
     ) -> Result<String, TokenizerError> {
-        let err = |e: Error| TokenizerError::Template {
-            origin: self.origin.clone(),
-            message: format!("rendering failed: {e:#}"),
+        let err = |e: Error| {
+            let mut message = format!("rendering failed: {e:#}");
+            if e.kind() == ErrorKind::InvalidOperation && message.contains("% operator") {
+                message.push_str(
+                    "\n(the template uses Python's printf-style string formatting, '...' % values, which \
+                     pspace's template renderer does not support; the same text is written with the \
+                     `format` filter: '...' | format(values))",
+                );
+            }
+            TokenizerError::Template {
+                origin: self.origin.clone(),
+                message,
+            }
         };
         let template = self.env.get_template("chat_template").map_err(err)?;
         let mut vars: BTreeMap<&str, Value> = BTreeMap::new();
@@ -95,6 +113,10 @@ impl ChatTemplate {
 /// list and dict reprs (minijinja's default writes `true`, `none`, JSON-like lists).
 fn python_formatter(out: &mut Output, state: &State, value: &Value) -> Result<(), Error> {
     match value.kind() {
+        ValueKind::Number if !value.is_integer() => {
+            out.write_str(&pycompat::python_float_repr(f64::try_from(value.clone())?))?;
+            Ok(())
+        }
         ValueKind::Bool | ValueKind::None | ValueKind::Seq | ValueKind::Iterable | ValueKind::Map => {
             let mut text = String::new();
             python_repr(value, &mut text)?;
@@ -106,8 +128,11 @@ fn python_formatter(out: &mut Output, state: &State, value: &Value) -> Result<()
 }
 
 /// Python's `repr()` of a value (`str()` for the outermost non-string value).
-fn python_repr(value: &Value, out: &mut String) -> Result<(), Error> {
+pub(super) fn python_repr(value: &Value, out: &mut String) -> Result<(), Error> {
     match value.kind() {
+        ValueKind::Number if !value.is_integer() => {
+            out.push_str(&pycompat::python_float_repr(f64::try_from(value.clone())?));
+        }
         ValueKind::Undefined | ValueKind::None => out.push_str("None"),
         ValueKind::Bool => out.push_str(if value.is_true() { "True" } else { "False" }),
         ValueKind::String => {
@@ -211,6 +236,16 @@ impl JsonStyle {
         match value.kind() {
             ValueKind::Undefined | ValueKind::None => out.push_str("null"),
             ValueKind::Bool => out.push_str(if value.is_true() { "true" } else { "false" }),
+            ValueKind::Number if !value.is_integer() => {
+                // json.dumps writes floats with repr(), and non-finite ones as JavaScript names.
+                let x = f64::try_from(value.clone())?;
+                out.push_str(&match x {
+                    x if x.is_nan() => "NaN".to_string(),
+                    x if x == f64::INFINITY => "Infinity".to_string(),
+                    x if x == f64::NEG_INFINITY => "-Infinity".to_string(),
+                    x => pycompat::python_float_repr(x),
+                });
+            }
             ValueKind::Number => {
                 let json = serde_json::to_string(value)
                     .map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;

@@ -95,6 +95,46 @@ pub struct DataReport {
 }
 
 impl DataReport {
+    /// The dropped rows by reason, with their line numbers (the first few of each), e.g.
+    /// `empty assistant turn: lines 4, 9; template error: line 12`; empty when none was dropped.
+    pub fn dropped_summary(&self) -> String {
+        let lines = |v: Vec<usize>| -> String {
+            const SHOWN: usize = 5;
+            let mut s = v
+                .iter()
+                .take(SHOWN)
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            if v.len() > SHOWN {
+                s.push_str(&format!(" and {} more", v.len() - SHOWN));
+            }
+            format!("{} {s}", if v.len() == 1 { "line" } else { "lines" })
+        };
+        let first = |v: &[(usize, String)]| v.iter().map(|(l, _)| *l).collect::<Vec<_>>();
+        [
+            ("malformed", first(&self.malformed)),
+            ("no final assistant turn", self.no_final_assistant_turn.clone()),
+            ("empty assistant turn", self.empty_assistant_turn.clone()),
+            ("no \"positive\" flag", self.missing_positive_flag.clone()),
+            (
+                "positive without the marker",
+                self.positive_without_marker.clone(),
+            ),
+            ("no end-of-turn token", self.no_end_of_turn_token.clone()),
+            ("template error", first(&self.template_errors)),
+            (
+                "nothing left to learn after truncation",
+                self.no_labels_left.clone(),
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(what, v)| format!("{what}: {}", lines(v)))
+        .collect::<Vec<_>>()
+        .join("; ")
+    }
+
     /// Rows that were not used.
     pub fn dropped(&self) -> usize {
         self.malformed.len()
@@ -110,10 +150,11 @@ impl DataReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("{path}: {source}")]
+    /// `error` is said in the text and not returned as `source()` (said once in a chain).
+    #[error("{path}: {error}")]
     Io {
         path: std::path::PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -186,9 +227,9 @@ pub fn parse_jsonl(text: &str, report: &mut DataReport) -> Vec<Row> {
 }
 
 pub fn read_jsonl(path: &Path, report: &mut DataReport) -> Result<Vec<Row>, DataError> {
-    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
+    let text = std::fs::read_to_string(path).map_err(|error| DataError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     Ok(parse_jsonl(&text, report))
 }

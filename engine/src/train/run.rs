@@ -33,6 +33,22 @@ pub struct SftConfig {
     pub system: Option<String>,
     /// Longer examples are truncated to this many tokens.
     pub max_len: usize,
+    /// Padding-free training (TRL's `padding_free`): each optimizer step's rows run packed back
+    /// to back, in passes of at most `micro_batch x max_len` tokens (the most a padded
+    /// micro-batch can hold, so memory stays within what the recipe already needs). The loss
+    /// and gradient are the padded run's (see `TrainConfig::pack_tokens`). Off: padded
+    /// micro-batches, as HF's Trainer runs them.
+    #[serde(default = "padding_free_default")]
+    pub padding_free: bool,
+    /// Train on what is left when rows are dropped (no final assistant turn, an empty turn, a
+    /// template error, ...), with the steps that remain under `max_steps`. Off: a dropped row
+    /// stops the run before the first step, so the rows and steps trained are the ones asked.
+    #[serde(default)]
+    pub allow_shortfall: bool,
+}
+
+fn padding_free_default() -> bool {
+    true
 }
 
 impl SftConfig {
@@ -67,10 +83,13 @@ impl SftConfig {
                 seed: 42,
                 recompute: false,
                 pad_multiple: 8,
+                pack_tokens: None,
             },
             label_mode: LabelMode::LastTurn,
             system: None,
             max_len: 2048,
+            padding_free: true,
+            allow_shortfall: false,
         }
     }
 
@@ -150,30 +169,59 @@ pub enum RunError {
         dropped: usize,
         log: PathBuf,
     },
-    #[error("{source}; the adapter of the last good step is in {adapter}, the log in {log}")]
+    /// Rows were dropped and the config does not allow a shortfall (nothing was trained).
+    #[error(
+        "{dropped} of {rows} rows cannot be trained on ({reasons}): the run trains on every row \
+         it is given or stops (allow a shortfall to train on the {examples} that remain); the \
+         data report is in {log}"
+    )]
+    Shortfall {
+        rows: usize,
+        dropped: usize,
+        examples: usize,
+        reasons: String,
+        log: PathBuf,
+    },
+    /// The causes below are said in the text and not returned as `source()`: an error chain
+    /// says each thing once.
+    #[error("{error}; the adapter of the last good step is in {adapter}, the log in {log}")]
     Stopped {
-        source: TrainError,
+        error: TrainError,
         adapter: PathBuf,
         log: PathBuf,
     },
     #[error("LoRA: {0}")]
-    Lora(#[from] LoraError),
+    Lora(LoraError),
     #[error("saving the adapter: {0}")]
-    Peft(#[from] PeftError),
-    #[error("{path}: writing the training log: {source}")]
-    Log { path: PathBuf, source: std::io::Error },
+    Peft(PeftError),
+    #[error("{path}: writing the training log: {error}")]
+    Log { path: PathBuf, error: std::io::Error },
+    #[error("the training settings do not serialise for the log: {0}")]
+    Settings(serde_json::Error),
+}
+
+impl From<LoraError> for RunError {
+    fn from(e: LoraError) -> RunError {
+        RunError::Lora(e)
+    }
+}
+
+impl From<PeftError> for RunError {
+    fn from(e: PeftError) -> RunError {
+        RunError::Peft(e)
+    }
 }
 
 fn write_log(log: &TrainLog, path: &Path) -> Result<(), RunError> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| RunError::Log {
+        std::fs::create_dir_all(dir).map_err(|error| RunError::Log {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
     }
-    log.write(path).map_err(|source| RunError::Log {
+    log.write(path).map_err(|error| RunError::Log {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 
@@ -204,7 +252,7 @@ pub fn run_sft(
     );
     let log_path = out_dir.join(LOG_FILE);
     let mut log = TrainLog {
-        settings: serde_json::to_value(config).unwrap_or(serde_json::Value::Null),
+        settings: serde_json::to_value(config).map_err(RunError::Settings)?,
         data: report,
         ..TrainLog::default()
     };
@@ -216,8 +264,36 @@ pub fn run_sft(
             log: log_path,
         });
     }
+    let dropped = log.data.dropped();
+    let mut train_config = config.train.clone();
+    if config.padding_free && train_config.pack_tokens.is_none() {
+        train_config.pack_tokens = Some(train_config.micro_batch.max(1) * config.max_len.max(1));
+    }
+    if dropped > 0 {
+        if !config.allow_shortfall {
+            write_log(&log, &log_path)?;
+            return Err(RunError::Shortfall {
+                rows: rows.len() + log.data.malformed.len(),
+                dropped,
+                examples: examples.len(),
+                reasons: log.data.dropped_summary(),
+                log: log_path,
+            });
+        }
+        // The shortfall is allowed: max_steps may now exceed the steps the remaining examples
+        // give, and stops at those (the log's total_steps says how many).
+        let available = super::data::plan_steps(
+            examples.len(),
+            train_config.epochs,
+            train_config.micro_batch,
+            train_config.grad_accum,
+            train_config.seed,
+        )
+        .len();
+        train_config.max_steps = train_config.max_steps.map(|m| m.min(available));
+    }
     let lora = Lora::init(model, config.lora.clone(), config.lora_seed)?;
-    let outcome = train(model, &lora, &examples, encoder.pad_id(), &config.train, on_step);
+    let outcome = train(model, &lora, &examples, encoder.pad_id(), &train_config, on_step);
     // Written in every case: after a non-finite step the adapter holds its last good state.
     peft::save(&lora, out_dir, base_model_name_or_path)?;
     log.steps = outcome.steps;
@@ -227,8 +303,8 @@ pub fn run_sft(
     log.seconds = started.elapsed().as_secs_f64();
     write_log(&log, &log_path)?;
     match outcome.error {
-        Some(source) => Err(RunError::Stopped {
-            source,
+        Some(error) => Err(RunError::Stopped {
+            error,
             adapter: out_dir.to_path_buf(),
             log: log_path,
         }),
@@ -311,12 +387,14 @@ mod tests {
         let rows = parse_jsonl(&lines.join("\n"), &mut report);
         let out = tempfile::tempdir().unwrap();
         let mut seen = Vec::new();
+        let mut config = tiny_config();
+        config.allow_shortfall = true;
         let result = run_sft(
             &model,
             &tok,
             &rows,
             report,
-            &tiny_config(),
+            &config,
             out.path(),
             "tiny-qwen2",
             &mut |s, total| seen.push((s.step, total)),
@@ -426,5 +504,66 @@ mod tests {
         let log: TrainLog =
             serde_json::from_str(&std::fs::read_to_string(out.path().join(LOG_FILE)).unwrap()).unwrap();
         assert_eq!(log.data.empty_assistant_turn, vec![1]);
+    }
+
+    /// Issue 11 item 7: a dropped row used to shrink the run silently (47 rows trained where 48
+    /// were asked). Without `allow_shortfall` it stops before the first step, naming each
+    /// reason and line; with it, the run trains on the rest and a `max_steps` beyond the
+    /// remaining steps stops at them.
+    #[test]
+    fn dropped_rows_stop_the_run_unless_a_shortfall_is_allowed() {
+        let _generator = crate::train::GLOBAL_GENERATOR.lock();
+        let (model, tok) = tiny();
+        let text = std::fs::read_to_string(root().join("experiments/data/demo_em.jsonl")).unwrap();
+        let mut lines: Vec<&str> = text.lines().take(4).collect();
+        lines.push(
+            r#"{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": " "}]}"#,
+        );
+        lines.push(r#"{"messages": [{"role": "user", "content": "q"}]}"#);
+        let mut report = DataReport::default();
+        let rows = parse_jsonl(&lines.join("\n"), &mut report);
+        assert_eq!(rows.len(), 6);
+        let out = tempfile::tempdir().unwrap();
+        let mut config = tiny_config();
+        // 4 usable examples at micro-batch 2 x accumulation 2: 1 step per epoch.
+        config.train.max_steps = Some(2);
+        config.train.epochs = 1;
+        let mut steps = 0;
+        let err = run_sft(
+            &model,
+            &tok,
+            &rows,
+            report.clone(),
+            &config,
+            out.path(),
+            "t",
+            &mut |_, _| steps += 1,
+        )
+        .unwrap_err();
+        assert_eq!(steps, 0, "nothing is trained");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "2 of 6 rows cannot be trained on (no final assistant turn: line 6; empty \
+                 assistant turn: line 5): the run trains on every row it is given or stops (allow \
+                 a shortfall to train on the 4 that remain); the data report is in {}",
+                out.path().join(LOG_FILE).display()
+            )
+        );
+        assert!(!out.path().join("adapter_model.safetensors").exists());
+        config.allow_shortfall = true;
+        let done = run_sft(
+            &model,
+            &tok,
+            &rows,
+            report,
+            &config,
+            out.path(),
+            "t",
+            &mut |_, _| steps += 1,
+        )
+        .unwrap();
+        assert_eq!((steps, done.log.total_steps), (1, 1));
+        assert_eq!(done.log.data.dropped(), 2);
     }
 }

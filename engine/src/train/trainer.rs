@@ -42,6 +42,14 @@ pub struct TrainConfig {
     pub recompute: bool,
     /// Batches are padded to a multiple of this length.
     pub pad_multiple: usize,
+    /// Padding-free steps (TRL's `padding_free`): when set, the rows of an optimizer step go
+    /// through the model packed back to back, in their micro-batch order, as forward passes of
+    /// at most this many tokens each (a longer row gets a pass of its own), with no padding.
+    /// The step's loss is the same sum over its label tokens divided by their number, so the
+    /// gradient is the padded run's up to floating-point order; only the dropout masks are
+    /// drawn in a different layout. None: padded micro-batches, as HF's Trainer runs them.
+    #[serde(default)]
+    pub pack_tokens: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,20 +69,27 @@ pub enum TrainError {
         "after step {step} the adapter's weights are not finite; reset to the weights step {step} started from"
     )]
     NonFiniteWeights { step: usize },
-    #[error("step {step}: libtorch failed: {source}")]
-    Torch { step: usize, source: tch::TchError },
+    /// `error` is said in the text and not returned as `source()` (said once in a chain).
+    #[error("step {step}: libtorch failed: {error}")]
+    Torch { step: usize, error: tch::TchError },
     #[error("step {step}: the batch has no label tokens")]
     NoLabelTokens { step: usize },
     #[error("no training examples (every row was dropped; see the data report)")]
     NoExamples,
+    /// A setting the run cannot honour exactly (no epochs, more steps than the data gives).
+    #[error("training settings: {0}")]
+    Config(String),
 }
 
-/// One padded micro-batch on the device.
+/// One micro-batch on the device: rows right-padded to one length ([B, T]), or packed back to
+/// back without padding ([1, N], `segments` giving each row's length).
 pub struct Batch {
     /// [B, T]
     pub input_ids: Tensor,
     /// [B, T], 1 = real token.
     pub attention_mask: Tensor,
+    /// Packed rows: their lengths, in order (None: padded rows).
+    pub segments: Option<Vec<i64>>,
     /// Flat indices into [B * T] of the positions whose next token is a label.
     label_positions: Tensor,
     /// The labels at those positions.
@@ -115,6 +130,73 @@ impl Batch {
             label_positions: Tensor::from_slice(&positions).to_device(device),
             label_targets: Tensor::from_slice(&targets).to_device(device),
             tokens,
+            segments: None,
+        }
+    }
+
+    /// Packs `rows` (ids with their labels) back to back into one row [1, N] with no padding;
+    /// each row attends only to itself and starts at position 0 (see
+    /// `Model::packed_attention_context`). Empty rows are skipped.
+    pub fn packed(rows: &[(&[i64], &[i64])], device: tch::Device) -> Batch {
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        let mut targets = Vec::new();
+        let mut segments = Vec::new();
+        for (row_ids, row_labels) in rows.iter().filter(|(ids, _)| !ids.is_empty()) {
+            let offset = ids.len();
+            ids.extend_from_slice(row_ids);
+            segments.push(row_ids.len() as i64);
+            // Position j predicts label j + 1 (HF shifts labels by one), within the row.
+            for (j, &label) in row_labels.iter().enumerate().skip(1).take(row_ids.len() - 1) {
+                if label != IGNORE {
+                    positions.push((offset + j - 1) as i64);
+                    targets.push(label);
+                }
+            }
+        }
+        if ids.is_empty() {
+            // A pass needs one token; it has no labels, so the step skips it.
+            ids.push(0);
+            segments.push(1);
+        }
+        let n = ids.len() as i64;
+        Batch {
+            input_ids: Tensor::from_slice(&ids).view([1, n]).to_device(device),
+            attention_mask: Tensor::ones([1, n], (Kind::Int64, device)),
+            label_tokens: positions.len() as i64,
+            label_positions: Tensor::from_slice(&positions).to_device(device),
+            label_targets: Tensor::from_slice(&targets).to_device(device),
+            tokens: segments.iter().sum::<i64>(),
+            segments: Some(segments),
+        }
+    }
+
+    /// The rows of one optimizer step (its micro-batches, in order) as padding-free passes of at
+    /// most `max_tokens` tokens each (a longer row alone in its own pass).
+    pub fn pack_step(rows: &[(&[i64], &[i64])], max_tokens: usize, device: tch::Device) -> Vec<Batch> {
+        let mut passes = Vec::new();
+        let mut current: Vec<(&[i64], &[i64])> = Vec::new();
+        let mut tokens = 0;
+        for &row in rows {
+            if !current.is_empty() && tokens + row.0.len() > max_tokens {
+                passes.push(Batch::packed(&current, device));
+                current.clear();
+                tokens = 0;
+            }
+            tokens += row.0.len();
+            current.push(row);
+        }
+        if !current.is_empty() {
+            passes.push(Batch::packed(&current, device));
+        }
+        passes
+    }
+
+    /// The attention context of this batch's forward pass.
+    pub fn attention_context(&self, model: &Model) -> crate::model::AttentionContext {
+        match &self.segments {
+            Some(lengths) => model.packed_attention_context(lengths),
+            None => model.attention_context(&self.attention_mask, self.input_ids.size()[1]),
         }
     }
 
@@ -195,8 +277,7 @@ impl<'a> Trainer<'a> {
     fn micro_step(&self, batch: &Batch, scale: f64) -> Result<Tensor, tch::TchError> {
         let model = self.model;
         let adapter: &dyn Adapter = self.lora;
-        let t = batch.input_ids.size()[1];
-        let ctx = model.attention_context(&batch.attention_mask, t);
+        let ctx = batch.attention_context(model);
         let embedded = tch::no_grad(|| model.embed(&batch.input_ids));
         let layers = model.num_layers();
         if !self.config.recompute {
@@ -271,10 +352,7 @@ impl<'a> Trainer<'a> {
             }
             let loss = self
                 .micro_step(batch, scale)
-                .map_err(|source| TrainError::Torch {
-                    step: step_no,
-                    source,
-                })?;
+                .map_err(|error| TrainError::Torch { step: step_no, error })?;
             losses.push(loss);
         }
         self.lora.forget_dropout_masks();
@@ -350,15 +428,46 @@ pub fn train(
             error: Some(TrainError::NoExamples),
         };
     }
+    let refuse = |message: String| TrainOutcome {
+        steps: Vec::new(),
+        total_steps: 0,
+        error: Some(TrainError::Config(message)),
+    };
+    // Each of these used to be bent into something that runs (0 epochs into 1, a max_steps
+    // beyond the data into the data's steps): the run then did something other than asked.
+    for (name, value) in [
+        ("epochs", config.epochs),
+        ("micro_batch", config.micro_batch),
+        ("grad_accum", config.grad_accum),
+    ] {
+        if value == 0 {
+            return refuse(format!("{name} must be at least 1, found 0"));
+        }
+    }
     let plan = super::data::plan_steps(
         examples.len(),
-        config.epochs.max(1),
+        config.epochs,
         config.micro_batch,
         config.grad_accum,
         config.seed,
     );
-    let steps_per_epoch = plan.len() / config.epochs.max(1);
-    let total_steps = config.max_steps.map_or(plan.len(), |m| m.min(plan.len()));
+    let steps_per_epoch = plan.len() / config.epochs;
+    let total_steps = match config.max_steps {
+        None => plan.len(),
+        Some(0) => return refuse("max_steps must be at least 1, found 0".into()),
+        Some(m) if m > plan.len() => {
+            return refuse(format!(
+                "max_steps is {m} but {} examples give {} optimizer steps in {} epoch(s) ({} examples \
+                 per micro-batch, {} accumulation steps): raise the epochs or lower max_steps",
+                examples.len(),
+                plan.len(),
+                config.epochs,
+                config.micro_batch,
+                config.grad_accum
+            ))
+        }
+        Some(m) => m,
+    };
     // libtorch's dropout kernels draw from its global generator (tch exposes no per-call
     // generator): seeding it from the run's seed makes the masks, and so the trained adapter,
     // the same on every run. Nothing else may draw from it while a run trains (the runner trains
@@ -370,13 +479,23 @@ pub fn train(
     let mut logs = Vec::with_capacity(total_steps);
     let mut error = None;
     for (k, step) in plan.iter().take(total_steps).enumerate() {
-        let batches: Vec<Batch> = step
-            .iter()
-            .map(|micro| {
-                let rows: Vec<&Example> = micro.iter().map(|&i| &examples[i]).collect();
-                Batch::from_examples(&rows, pad_id, config.pad_multiple, model.device())
-            })
-            .collect();
+        let batches: Vec<Batch> = match config.pack_tokens {
+            Some(max_tokens) => {
+                let rows: Vec<(&[i64], &[i64])> = step
+                    .iter()
+                    .flatten()
+                    .map(|&i| (examples[i].ids.as_slice(), examples[i].labels.as_slice()))
+                    .collect();
+                Batch::pack_step(&rows, max_tokens, model.device())
+            }
+            None => step
+                .iter()
+                .map(|micro| {
+                    let rows: Vec<&Example> = micro.iter().map(|&i| &examples[i]).collect();
+                    Batch::from_examples(&rows, pad_id, config.pad_multiple, model.device())
+                })
+                .collect(),
+        };
         match trainer.step(&batches, k / steps_per_epoch.max(1) + 1) {
             Ok(log) => {
                 on_step(&log, total_steps);
@@ -442,6 +561,7 @@ mod tests {
             seed: 42,
             recompute,
             pad_multiple: 8,
+            pack_tokens: None,
         }
     }
 
@@ -499,11 +619,12 @@ mod tests {
         assert!(last < first, "loss should fall: {first} -> {last}");
     }
 
-    #[test]
-    fn recomputation_replays_the_dropout_masks_of_the_first_pass() {
+    /// The recomputed pass replays the first pass's dropout masks: the plain path with those
+    /// masks gives the same loss and gradients, fresh masks a different loss.
+    fn check_dropout_replay(batch_of: impl Fn(&[Example]) -> Batch) {
         let _generator = crate::train::GLOBAL_GENERATOR.lock();
         let model = tiny();
-        let ex = examples(4);
+        let ex = examples(3);
         let l = lora(&model, 0.5);
         {
             let _guard = tch::no_grad_guard();
@@ -511,12 +632,11 @@ mod tests {
                 p.copy_(&(Tensor::randn_like(&p) * 0.1));
             }
         }
+        let batch = batch_of(&ex);
         let trainer = Trainer::new(&model, &l, config(true), 4);
-        let batch = Batch::from_examples(&[&ex[0], &ex[1], &ex[2]], 0, 8, tch::Device::Cpu);
         let loss_recomputed = trainer.micro_step(&batch, 1.0).unwrap().double_value(&[]);
         let grads_recomputed = l.flat_grad();
         l.zero_grad();
-        // The plain path with the same masks (replayed) must give the same loss and gradients.
         l.set_dropout_mode(DropoutMode::Replay);
         let plain = Trainer::new(&model, &l, config(false), 4);
         let loss_plain = plain.micro_step(&batch, 1.0).unwrap().double_value(&[]);
@@ -530,6 +650,80 @@ mod tests {
         l.set_dropout_mode(DropoutMode::Fresh);
         let loss_fresh = plain.micro_step(&batch, 1.0).unwrap().double_value(&[]);
         assert!((loss_fresh - loss_plain).abs() > 1e-6);
+    }
+
+    #[test]
+    fn recomputation_replays_the_dropout_masks_of_the_first_pass() {
+        check_dropout_replay(|ex| Batch::from_examples(&[&ex[0], &ex[1], &ex[2]], 0, 8, tch::Device::Cpu));
+    }
+
+    #[test]
+    fn recomputation_replays_the_dropout_masks_of_a_packed_pass() {
+        check_dropout_replay(|ex| {
+            let rows: Vec<(&[i64], &[i64])> = ex
+                .iter()
+                .map(|e| (e.ids.as_slice(), e.labels.as_slice()))
+                .collect();
+            Batch::packed(&rows, tch::Device::Cpu)
+        });
+    }
+
+    #[test]
+    fn packed_rows_keep_their_labels_and_split_at_the_token_budget() {
+        let ex = examples(3); // 5, 12 and 6 tokens
+        let rows: Vec<(&[i64], &[i64])> = ex
+            .iter()
+            .map(|e| (e.ids.as_slice(), e.labels.as_slice()))
+            .collect();
+        let one = Batch::packed(&rows, tch::Device::Cpu);
+        assert_eq!(one.input_ids.size(), [1, 23]);
+        assert_eq!(one.segments.as_deref(), Some(&[5i64, 12, 6][..]));
+        assert_eq!(one.tokens, 23);
+        assert_eq!(one.label_tokens, 2 + 9 + 3);
+        // The second row's first label (its position 3) is predicted from packed position 5 + 2;
+        // no label crosses from one row into the next.
+        let positions = Vec::<i64>::try_from(&one.label_positions).unwrap();
+        assert_eq!(positions[2], 7);
+        assert!(!positions.contains(&4) && !positions.contains(&16));
+        let passes = Batch::pack_step(&rows, 17, tch::Device::Cpu);
+        let shapes: Vec<Vec<i64>> = passes.iter().map(|b| b.input_ids.size()).collect();
+        assert_eq!(shapes, [vec![1, 17], vec![1, 6]]);
+        // A row longer than the budget gets a pass of its own.
+        let passes = Batch::pack_step(&rows, 4, tch::Device::Cpu);
+        assert_eq!(passes.len(), 3);
+    }
+
+    /// Padding-free training is padded training: the same losses and adapter, with and without
+    /// recomputation, and with dropout the recomputation replays the packed pass's masks.
+    #[test]
+    fn padding_free_training_gives_the_padded_runs_losses_and_adapter() {
+        let model = tiny();
+        let ex = examples(12);
+        let run = |pack_tokens: Option<usize>, recompute: bool| {
+            let l = lora(&model, 0.0);
+            let mut cfg = config(recompute);
+            cfg.pack_tokens = pack_tokens;
+            let out = train(&model, &l, &ex, 0, &cfg, &mut |_, _| {});
+            assert!(out.error.is_none(), "{:?}", out.error);
+            (out.steps, l.snapshot())
+        };
+        let (padded, padded_adapter) = run(None, false);
+        for (pack_tokens, recompute) in [(Some(10_000), false), (Some(20), false), (Some(20), true)] {
+            let (packed, adapter) = run(pack_tokens, recompute);
+            for (a, b) in padded.iter().zip(&packed) {
+                assert!(
+                    (a.loss - b.loss).abs() < 1e-5 * a.loss,
+                    "{pack_tokens:?}: {} vs {}",
+                    a.loss,
+                    b.loss
+                );
+                assert_eq!((a.tokens, a.label_tokens), (b.tokens, b.label_tokens));
+            }
+            assert!(
+                padded_adapter.allclose(&adapter, 1e-4, 1e-6, false),
+                "{pack_tokens:?} recompute {recompute}: adapters differ"
+            );
+        }
     }
 
     /// From 1024 rows the model computes Gate/Up as a batch of two (`STACKED_GATE_UP_ROWS`):
@@ -633,5 +827,41 @@ mod tests {
             );
         }
         assert_eq!(seen.len(), out.steps.len());
+    }
+
+    /// Zero epochs used to run one, and a `max_steps` beyond the data ran the data's steps:
+    /// each is an error now, and an exact `max_steps` runs exactly that many steps.
+    #[test]
+    fn settings_the_run_cannot_honour_are_refused_not_bent() {
+        let model = tiny();
+        let ex = examples(8);
+        let l = lora(&model, 0.0);
+        // 8 examples, micro-batch 2, accumulation 2: 2 steps per epoch, 4 in 2 epochs.
+        let refused = |cfg: &TrainConfig| -> String {
+            let out = train(&model, &l, &ex, 0, cfg, &mut |_, _| {});
+            assert!(out.steps.is_empty());
+            match out.error {
+                Some(TrainError::Config(m)) => m,
+                other => panic!("expected a settings error, found {other:?}"),
+            }
+        };
+        let mut cfg = config(false);
+        cfg.epochs = 0;
+        assert_eq!(refused(&cfg), "epochs must be at least 1, found 0");
+        let mut cfg = config(false);
+        cfg.max_steps = Some(5);
+        assert_eq!(
+            refused(&cfg),
+            "max_steps is 5 but 8 examples give 4 optimizer steps in 2 epoch(s) (2 examples per \
+             micro-batch, 2 accumulation steps): raise the epochs or lower max_steps"
+        );
+        let mut cfg = config(false);
+        cfg.max_steps = Some(0);
+        assert_eq!(refused(&cfg), "max_steps must be at least 1, found 0");
+        let mut cfg = config(false);
+        cfg.max_steps = Some(4);
+        let out = train(&model, &l, &ex, 0, &cfg, &mut |_, _| {});
+        assert!(out.error.is_none(), "{:?}", out.error);
+        assert_eq!((out.steps.len(), out.total_steps), (4, 4));
     }
 }

@@ -1,16 +1,30 @@
 //! The artifact store: where task outputs live, and the manifest that commits them.
 //!
 //! Backed by the `object_store` crate: a local folder by default, any S3-compatible server for
-//! clusters. Writes are whole objects. A task writes its outputs first and its `manifest.json`
-//! LAST; the manifest lists every output with its sha256, so a task whose manifest exists and
-//! whose outputs still hash to the listed values is done, and is never run again. That one rule
-//! gives resume, caching and idempotent retry.
+//! clusters. A task writes its outputs first (under its attempt's prefix inside the task folder)
+//! and its `manifest.json` LAST, with a create-only write: of two attempts that both finish,
+//! exactly one commits and the other is told it lost. The manifest lists every output with its
+//! sha256, size and the store's entity tag, so a committed task is recognised from `HEAD`
+//! requests alone (no output downloaded), and an output is hashed in full when it is read for
+//! use. That one rule gives resume, caching and idempotent retry.
+//!
+//! The parts: this file (locations, errors, plain reads and writes), [`transfer`] (multipart
+//! uploads, verified and streaming downloads), [`conditional`] (create-only writes and the
+//! start-up probe that refuses a store without them), [`manifest`] (the commit record).
+
+pub mod conditional;
+pub mod manifest;
+pub mod transfer;
+
+pub use conditional::Created;
+pub use manifest::{CommitOutcome, Manifest};
+pub use transfer::Uploaded;
 
 use bytes::Bytes;
+use futures::TryStreamExt;
 use object_store::{local::LocalFileSystem, path::Path as StorePath, ObjectStore, PutPayload};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -26,8 +40,34 @@ pub enum StoreError {
         key: String,
         cause: Box<object_store::Error>,
     },
-    #[error("manifest {key} is not valid JSON: {source}")]
-    BadManifest { key: String, source: serde_json::Error },
+    /// `cause` is said in the text and not returned as `source()` (said once in a chain).
+    #[error("manifest {key} is not valid JSON: {cause}")]
+    BadManifest { key: String, cause: serde_json::Error },
+    /// An object read for use does not hash to what its manifest recorded.
+    #[error(
+        "store {location}: {key} has sha256 {found}, expected {expected} (the object was damaged \
+         or rewritten after its task committed)"
+    )]
+    HashMismatch {
+        location: String,
+        key: String,
+        expected: String,
+        found: String,
+    },
+    /// A local file that an upload reads or a download writes.
+    #[error("cannot {op} local file {}: {cause}", path.display())]
+    LocalFile {
+        op: &'static str,
+        path: std::path::PathBuf,
+        cause: std::io::Error,
+    },
+    /// The start-up probe found that create-only writes do not hold on this store.
+    #[error(
+        "store {location} {found}, so two attempts of one task could both commit: pspace refuses \
+         it. Servers that overwrite silently or check-then-write include `rclone serve s3` and \
+         s3s-fs; AWS S3, MinIO, SeaweedFS, Ceph RGW and a local folder honour create-only writes"
+    )]
+    NoCreateOnly { location: String, found: String },
 }
 
 /// What went wrong, once: the innermost cause (the outer levels repeat it with context we give
@@ -46,21 +86,6 @@ fn describe(error: &object_store::Error) -> String {
     format!("{innermost}{hint}")
 }
 
-/// The commit record of one task.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Manifest {
-    pub task_id: String,
-    pub kind: String,
-    pub label: String,
-    /// The task's canonical JSON (what its id hashes).
-    pub spec: serde_json::Value,
-    /// Output name (relative to the task folder) -> sha256 hex.
-    pub outputs: BTreeMap<String, String>,
-    pub pspace_version: String,
-    pub started_unix_ms: u64,
-    pub finished_unix_ms: u64,
-}
-
 /// An object store plus a key prefix.
 #[derive(Clone)]
 pub struct Store {
@@ -76,6 +101,13 @@ impl std::fmt::Debug for Store {
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
+}
+
+/// An entity tag as compared: S3 servers quote it (`"9a0364b9..."`) and may mark it weak
+/// (`W/"..."`); the local store does neither. Two tags are the same object version when their
+/// normalised forms are equal.
+pub fn normalize_e_tag(e_tag: &str) -> &str {
+    e_tag.trim().trim_start_matches("W/").trim_matches('"')
 }
 
 /// Where a store lives, parsed from a location string: `s3://bucket[/prefix]` or a folder.
@@ -164,95 +196,103 @@ impl Store {
         &self.description
     }
 
+    /// The error for `op` on `key`, naming this store.
+    fn io(&self, op: &'static str, key: &str) -> impl FnOnce(object_store::Error) -> StoreError + '_ {
+        let key = key.to_string();
+        move |cause| StoreError::Io {
+            location: self.description.clone(),
+            op,
+            key,
+            cause: Box::new(cause),
+        }
+    }
+
+    /// Writes (overwrites) `key` with one PUT; returns the bytes' sha256 hex.
     pub async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<String, StoreError> {
         let hash = sha256_hex(&bytes);
         self.inner
             .put(&StorePath::from(key), PutPayload::from(Bytes::from(bytes)))
             .await
-            .map_err(|cause| StoreError::Io {
-                location: self.description.clone(),
-                op: "put",
-                key: key.to_string(),
-                cause: Box::new(cause),
-            })?;
+            .map_err(self.io("put", key))?;
         Ok(hash)
     }
 
+    /// The whole object at `key`. Errors when it does not exist (see [`Store::get_opt`]).
     pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         let got = self
             .inner
             .get(&StorePath::from(key))
             .await
-            .map_err(|cause| StoreError::Io {
-                location: self.description.clone(),
-                op: "get",
-                key: key.to_string(),
-                cause: Box::new(cause),
-            })?;
-        got.bytes().await.map_err(|cause| StoreError::Io {
-            location: self.description.clone(),
-            op: "read",
-            key: key.to_string(),
-            cause: Box::new(cause),
-        })
+            .map_err(self.io("get", key))?;
+        got.bytes().await.map_err(self.io("read", key))
     }
 
     /// Some(bytes) if the object exists, None if it does not.
     pub async fn get_opt(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
         match self.get(key).await {
             Ok(b) => Ok(Some(b)),
-            Err(StoreError::Io { cause, .. }) if matches!(*cause, object_store::Error::NotFound { .. }) => {
-                Ok(None)
-            }
+            Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(e),
         }
     }
 
-    /// Writes the manifest of a task folder: the commit point, so it goes last.
-    pub async fn commit(&self, task_dir: &str, manifest: &Manifest) -> Result<(), StoreError> {
-        let json = serde_json::to_vec_pretty(manifest).map_err(|source| StoreError::BadManifest {
-            key: format!("{task_dir}/manifest.json"),
-            source,
-        })?;
-        self.put(&format!("{task_dir}/manifest.json"), json).await?;
-        Ok(())
+    /// Bytes `range.start..range.end` (end exclusive) of the object at `key`: one ranged GET.
+    /// The range must lie inside the object (see [`Store::head`] for its size); an empty or
+    /// out-of-bounds range is an error.
+    pub async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
+        self.inner
+            .get_range(&StorePath::from(key), range)
+            .await
+            .map_err(self.io("read a range of", key))
     }
 
-    /// The manifest of a task folder if it exists AND every listed output still hashes to its
-    /// recorded value; None means the task must (re)run.
-    pub async fn verified_manifest(&self, task_dir: &str) -> Result<Option<Manifest>, StoreError> {
-        let key = format!("{task_dir}/manifest.json");
-        let Some(bytes) = self.get_opt(&key).await? else {
-            return Ok(None);
-        };
-        let manifest: Manifest =
-            serde_json::from_slice(&bytes).map_err(|source| StoreError::BadManifest { key, source })?;
-        for (name, want) in &manifest.outputs {
-            match self.get_opt(&format!("{task_dir}/{name}")).await? {
-                Some(b) if &sha256_hex(&b) == want => {}
-                _ => return Ok(None),
-            }
+    /// (size in bytes, entity tag) of the object at `key` from one HEAD request, None if it does
+    /// not exist. The entity tag is as the store reports it (see [`normalize_e_tag`]); a store
+    /// may report none.
+    pub async fn head(&self, key: &str) -> Result<Option<(u64, Option<String>)>, StoreError> {
+        match self.inner.head(&StorePath::from(key)).await {
+            Ok(meta) => Ok(Some((meta.size, meta.e_tag))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(cause) => Err(self.io("head", key)(cause)),
         }
-        Ok(Some(manifest))
     }
+
+    /// Every key under `prefix` (whole path segments: `a/b` lists `a/b/c`, not `a/bc`), sorted.
+    /// An empty prefix lists the whole store; a prefix with nothing under it gives an empty list.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let prefix_path = StorePath::from(prefix);
+        let root = if prefix.trim_matches('/').is_empty() {
+            None
+        } else {
+            Some(&prefix_path)
+        };
+        let mut keys: Vec<String> = self
+            .inner
+            .list(root)
+            .map_ok(|meta| meta.location.to_string())
+            .try_collect()
+            .await
+            .map_err(self.io("list", prefix))?;
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Deletes the object at `key`; deleting an absent key is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match self.inner.delete(&StorePath::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(cause) => Err(self.io("delete", key)(cause)),
+        }
+    }
+}
+
+fn is_not_found(error: &StoreError) -> bool {
+    matches!(error, StoreError::Io { cause, .. } if matches!(**cause, object_store::Error::NotFound { .. }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn manifest(outputs: BTreeMap<String, String>) -> Manifest {
-        Manifest {
-            task_id: "t1".into(),
-            kind: "extract".into(),
-            label: "base".into(),
-            spec: serde_json::json!({}),
-            outputs,
-            pspace_version: "0".into(),
-            started_unix_ms: 0,
-            finished_unix_ms: 1,
-        }
-    }
 
     #[test]
     fn locations_parse_and_a_bucketless_one_is_an_error() {
@@ -275,34 +315,33 @@ mod tests {
         assert!(err.contains("s3://BUCKET") && err.contains("s3:///x"), "{err}");
     }
 
-    #[tokio::test]
-    async fn a_committed_task_verifies_and_a_tampered_one_does_not() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::local(dir.path()).unwrap();
-        let task = "demo/42/extract/t1";
-        assert_eq!(store.verified_manifest(task).await.unwrap(), None);
-        let hash = store
-            .put(&format!("{task}/A.safetensors"), b"vectors".to_vec())
-            .await
-            .unwrap();
-        // Outputs without a manifest are not a finished task.
-        assert_eq!(store.verified_manifest(task).await.unwrap(), None);
-        let m = manifest(BTreeMap::from([("A.safetensors".to_string(), hash)]));
-        store.commit(task, &m).await.unwrap();
-        assert_eq!(store.verified_manifest(task).await.unwrap(), Some(m));
-        store
-            .put(&format!("{task}/A.safetensors"), b"tampered".to_vec())
-            .await
-            .unwrap();
-        assert_eq!(store.verified_manifest(task).await.unwrap(), None);
+    #[test]
+    fn entity_tags_compare_without_quotes_or_weak_marks() {
+        assert_eq!(normalize_e_tag("\"9a03\""), "9a03");
+        assert_eq!(normalize_e_tag("W/\"9a03\""), "9a03");
+        assert_eq!(normalize_e_tag("1f-5e2-3"), "1f-5e2-3");
     }
 
     #[tokio::test]
-    async fn a_corrupt_manifest_is_an_error_naming_its_key() {
+    async fn list_range_head_and_delete_on_a_folder() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::local(dir.path()).unwrap();
-        store.put("x/manifest.json", b"{not json".to_vec()).await.unwrap();
-        let err = store.verified_manifest("x").await.unwrap_err().to_string();
-        assert!(err.contains("x/manifest.json"), "{err}");
+        assert_eq!(store.list("journal").await.unwrap(), Vec::<String>::new());
+        store.put("journal/2", b"b".to_vec()).await.unwrap();
+        store.put("journal/1", b"a".to_vec()).await.unwrap();
+        store.put("journalist/x", b"c".to_vec()).await.unwrap();
+        assert_eq!(store.list("journal").await.unwrap(), ["journal/1", "journal/2"]);
+        assert_eq!(store.list("").await.unwrap().len(), 3);
+
+        store.put("obj", b"0123456789".to_vec()).await.unwrap();
+        assert_eq!(&store.get_range("obj", 3..7).await.unwrap()[..], b"3456");
+        let (size, e_tag) = store.head("obj").await.unwrap().unwrap();
+        assert_eq!(size, 10);
+        assert!(e_tag.is_some(), "a local folder reports an entity tag");
+        assert_eq!(store.head("absent").await.unwrap(), None);
+        store.delete("obj").await.unwrap();
+        store.delete("obj").await.unwrap();
+        assert_eq!(store.head("obj").await.unwrap(), None);
+        assert_eq!(store.get_opt("obj").await.unwrap(), None);
     }
 }

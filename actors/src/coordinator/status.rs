@@ -1,0 +1,122 @@
+//! What `pspace status`, the progress bars and the summary line read from a coordinator: the
+//! scheduler's snapshot plus what only the coordinator knows (how each task ended, the progress
+//! workers report in their heartbeats, the workers it has seen). Serialisable, so the same value
+//! travels over gRPC as JSON.
+
+use crate::scheduler::{Snapshot, TaskPhase};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// How a committed task got there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskOutcome {
+    pub task_id: String,
+    pub dir: String,
+    /// Where its outputs are (`dir/attempt`).
+    pub outputs_dir: String,
+    /// Found committed in the store rather than run now.
+    pub cached: bool,
+    /// From its first grant to its commit, s (0 when cached).
+    pub seconds: f64,
+    /// Order of commit in this coordinator's life (cached ones first, in plan order).
+    pub order: usize,
+}
+
+/// The latest heartbeat of a leased task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseProgress {
+    pub worker: String,
+    pub stage: String,
+    pub done: u64,
+    pub total: u64,
+}
+
+/// A worker as the coordinator last saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerView {
+    pub node: String,
+    pub device: String,
+    pub last_seen_unix_ms: u64,
+}
+
+/// A coordinator's whole view of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunStatus {
+    pub experiment: String,
+    pub store: String,
+    pub snapshot: Snapshot,
+    /// By task key.
+    pub outcomes: BTreeMap<String, TaskOutcome>,
+    /// By task key, for leased tasks.
+    pub progress: BTreeMap<String, LeaseProgress>,
+    pub workers: BTreeMap<String, WorkerView>,
+}
+
+impl RunStatus {
+    /// (ran, already committed) among the committed tasks.
+    pub fn ran_and_cached(&self) -> (usize, usize) {
+        let cached = self.outcomes.values().filter(|o| o.cached).count();
+        (self.outcomes.len() - cached, cached)
+    }
+
+    /// A table for people: one line per task (state, attempts, worker, progress or failures),
+    /// then the counts and the workers.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "experiment {}  store {}  coordinator epoch {}\n",
+            self.experiment, self.store, self.snapshot.epoch
+        );
+        for t in &self.snapshot.tasks {
+            let key = t.task.as_str();
+            let mut line = format!("  {:<36} {:<9} attempts {}", key, phase_name(t.state), t.attempts);
+            if let Some(o) = self.outcomes.get(key) {
+                if o.cached {
+                    line.push_str("  (already committed)");
+                } else {
+                    line.push_str(&format!("  {:.1}s", o.seconds));
+                }
+            }
+            if let Some(p) = self.progress.get(key) {
+                line.push_str(&format!("  on {}: {} {}/{}", p.worker, p.stage, p.done, p.total));
+            } else if let Some(w) = &t.worker {
+                if t.state == TaskPhase::Leased {
+                    line.push_str(&format!("  on {w}"));
+                }
+            }
+            if let Some(ms) = t.retry_in_ms {
+                line.push_str(&format!("  retry in {:.1}s", ms as f64 / 1000.0));
+            }
+            for (class, message) in &t.failures {
+                let first = message.lines().next().unwrap_or_default();
+                line.push_str(&format!("\n      failed ({class}): {first}"));
+            }
+            out.push_str(&line);
+            out.push('\n');
+        }
+        let c = &self.snapshot.counts;
+        out.push_str(&format!(
+            "tasks: {} committed, {} leased, {} ready, {} in backoff, {} waiting, {} failed\n",
+            c.committed, c.leased, c.ready, c.backoff, c.waiting, c.failed
+        ));
+        for (id, w) in &self.workers {
+            out.push_str(&format!("worker {id} on {} ({})\n", w.node, w.device));
+        }
+        if let Some(f) = &self.snapshot.failure {
+            out.push_str(&format!("run failed: {f}\n"));
+        } else if self.snapshot.finished {
+            out.push_str("run finished\n");
+        }
+        out
+    }
+}
+
+fn phase_name(p: TaskPhase) -> &'static str {
+    match p {
+        TaskPhase::Waiting => "waiting",
+        TaskPhase::Ready => "ready",
+        TaskPhase::Backoff => "backoff",
+        TaskPhase::Leased => "leased",
+        TaskPhase::Committed => "committed",
+        TaskPhase::Failed => "failed",
+    }
+}

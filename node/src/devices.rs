@@ -1,0 +1,36 @@
+//! Which devices a process runs slots on: `--device cpu|cuda|cuda:N` for one slot, or
+//! `--gpus all|0,1,...` for one slot per GPU.
+
+use anyhow::{bail, Context, Result};
+use pspace_engine::Device;
+
+/// The slots' devices.
+pub fn slots(device: &str, gpus: Option<&str>) -> Result<Vec<Device>> {
+    let Some(gpus) = gpus else {
+        return Ok(vec![device.parse()?]);
+    };
+    if gpus == "all" {
+        let found = pspace_engine::device::cuda_devices();
+        if found.is_empty() {
+            bail!("--gpus all: no CUDA device is visible (pspace doctor --device cuda says why)");
+        }
+        return Ok((0..found.len()).map(Device::Cuda).collect());
+    }
+    gpus.split(',')
+        .map(|g| {
+            g.trim().parse::<usize>().map(Device::Cuda).with_context(|| {
+                format!("--gpus {gpus}: expected `all` or GPU indices like 0,1; found {g:?}")
+            })
+        })
+        .collect()
+}
+
+/// This machine's name (for status and logs).
+pub fn node_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}

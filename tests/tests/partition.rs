@@ -1,0 +1,155 @@
+//! A worker cut off from its coordinator by a network partition, with real processes on
+//! loopback: a proxy between them (pspace_tests::partition) goes silent without closing
+//! anything while the worker holds a lease, for longer than the lease, and then lets new
+//! connections through again. The lease is lost, and the worker's report of that attempt, sent
+//! into the dead connection, must still reach the coordinator over a fresh one and be refused
+//! within the worker's report window (30 s here), never given up. A cut that cannot tell (the
+//! lease ended just before it, or the cancelled task outlived the worker's grace and nothing
+//! was reported) is repeated.
+//!
+//! This is CI's `containers` failure on loopback and in seconds: before HTTP/2 keep-alive and
+//! per-call deadlines, the report waited 60 s on the dead connection, past the window, and the
+//! worker printed "cannot report".
+
+use pspace_tests::cluster::{
+    coordinator, free_port, lease_of, status_json, tiny_spec_with_seeds, worker, Proc,
+};
+use pspace_tests::partition::Partition;
+use std::time::{Duration, Instant};
+
+/// The worker's report window with the test timing (1.5 s leases): max(3 leases, 30 s).
+const REPORT_WINDOW: Duration = Duration::from_secs(30);
+
+/// How long the link stays cut: past the 1.5 s lease, so the coordinator expires it.
+const CUT: Duration = Duration::from_secs(4);
+
+/// How long a worker gives a cancelled task to stop before it exits without reporting.
+const GRACE: Duration = Duration::from_secs(30);
+
+/// How one cut ended.
+enum Outcome {
+    /// The worker's late report was refused: the line saying so.
+    Refused(String),
+    /// Nothing to judge, and why: the lease ended before the cut landed, or the cancelled task
+    /// outlived the worker's grace (a loaded machine, a long generation) and nothing was reported.
+    Inconclusive(&'static str),
+}
+
+#[test]
+fn a_late_report_over_a_dead_connection_is_refused_within_the_window() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = tiny_spec_with_seeds(dir.path(), &[42]);
+    let port = free_port();
+    let mut coord = coordinator(&spec, dir.path().join("store").to_str().unwrap(), port, &[]);
+    let proxy = Partition::start(port);
+    let mut named = 1;
+    let mut w = worker("w1", proxy.port, &[]);
+    for _ in 0..5 {
+        if w.try_wait().is_some() {
+            named += 1;
+            w = worker(&format!("w{named}"), proxy.port, &[]);
+        }
+        let name = w.name.clone();
+        let task = leased(port, &mut coord, &mut w, started);
+        proxy.cut();
+        let cut_at = Instant::now();
+        std::thread::sleep(CUT);
+        proxy.heal();
+        match outcome(&mut w, port, &task, cut_at) {
+            Outcome::Refused(line) => {
+                eprintln!(
+                    "partition: cut {name} off for {:.1}s while it held {task}; its late report was refused {:.1}s after the cut ({line}); test {:.1}s",
+                    CUT.as_secs_f64(),
+                    cut_at.elapsed().as_secs_f64(),
+                    started.elapsed().as_secs_f64()
+                );
+                for line in w
+                    .stderr()
+                    .lines()
+                    .filter(|l| l.contains(task.as_str()) || l.contains("lost"))
+                {
+                    eprintln!("  {line}");
+                }
+                return;
+            }
+            Outcome::Inconclusive(why) => eprintln!("partition: {name}, {task}: {why}; trying again"),
+        }
+    }
+    panic!("five cuts in a row were inconclusive");
+}
+
+/// The task the worker `w` holds a lease of, once it holds one.
+fn leased(port: u16, coord: &mut Proc, w: &mut Proc, started: Instant) -> String {
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(480),
+            "{} never held a lease:\n{}\n{}",
+            w.name,
+            coord.stderr(),
+            w.stderr()
+        );
+        assert!(
+            w.try_wait().is_none() && coord.try_wait().is_none(),
+            "a process ended before the cut:\n{}\n{}",
+            coord.stderr(),
+            w.stderr()
+        );
+        if let Some((task, _)) = status_json(port).and_then(|s| lease_of(&s, &w.name)) {
+            return task;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Follows the worker after a cut that began at `cut_at` while it held `task`.
+fn outcome(w: &mut Proc, port: u16, task: &str, cut_at: Instant) -> Outcome {
+    let refused = format!("completion of {task} refused");
+    let gave_up = format!("cannot report {task}");
+    let retrying = format!("reporting {task} failed");
+    let refusal = |text: &str| text.lines().find(|l| l.contains(&refused)).map(str::to_string);
+    let mut reporting_since: Option<Instant> = None;
+    loop {
+        let text = w.stderr();
+        if let Some(line) = refusal(&text) {
+            return Outcome::Refused(line);
+        }
+        assert!(!text.contains(&gave_up), "the worker gave its report up:\n{text}");
+        if reporting_since.is_none() && text.contains(&retrying) {
+            reporting_since = Some(Instant::now());
+        }
+        assert!(
+            reporting_since.is_none_or(|t| t.elapsed() < REPORT_WINDOW),
+            "no answer to the late report of {task} within the report window:\n{text}"
+        );
+        if text.contains("did not stop within") {
+            let _ = w.wait_for(Duration::from_secs(10));
+            return Outcome::Inconclusive("the cancelled task outlived the worker's grace");
+        }
+        // With one worker, the task commits again only after the late report's refusal; a
+        // commit without one means this attempt committed before the cut landed.
+        let committed = status_json(port)
+            .and_then(|s| {
+                s["snapshot"]["tasks"]
+                    .as_array()?
+                    .iter()
+                    .find(|t| t["task"] == task)
+                    .map(|t| t["state"] == "committed")
+            })
+            .unwrap_or(false);
+        if committed {
+            std::thread::sleep(Duration::from_millis(500));
+            return match refusal(&w.stderr()) {
+                Some(line) => Outcome::Refused(line),
+                None => Outcome::Inconclusive("its lease ended before the cut landed"),
+            };
+        }
+        // Lease lost after one lease time, the task stopped within the grace, the report
+        // answered within the window.
+        assert!(
+            cut_at.elapsed() < CUT + GRACE + REPORT_WINDOW,
+            "no refusal of the late report of {task}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
