@@ -48,7 +48,7 @@ mkdir -p "$store"
 logs="$store.logs"
 mkdir -p "$logs"
 
-if [ "$spec" = experiments/issue205-dryrun.toml ] && { [ ! -s experiments/data/dryrun/em.jsonl ] || [ ! -s experiments/data/dryrun/benign.jsonl ]; }; then
+if grep -q "data/dryrun/" "$spec" && { [ ! -s experiments/data/dryrun/em.jsonl ] || [ ! -s experiments/data/dryrun/benign.jsonl ]; }; then
   "$BIN" dryrun-data --out experiments/data/dryrun --seed 205 > "$logs/data.json" || exit 1
 fi
 

@@ -85,6 +85,11 @@ pub struct CouplingCounts {
     /// Completions left out because the token budget cut them (`skip_cut_completions`).
     #[serde(default)]
     pub skipped_cut: usize,
+    /// Completions left out because they are empty (the model ended its turn at once): an
+    /// empty assistant turn teaches nothing and the trainer refuses it; the cell's next
+    /// completion takes its place.
+    #[serde(default)]
+    pub skipped_empty: usize,
     /// Every cell short of its quota.
     pub short: Vec<ShortCell>,
 }
@@ -106,6 +111,9 @@ impl CouplingCounts {
                 " ({} completions cut by the token budget left out)",
                 self.skipped_cut
             ));
+        }
+        if self.skipped_empty > 0 {
+            text.push_str(&format!(" ({} empty completions left out)", self.skipped_empty));
         }
         if self.skipped_with_marker > 0 {
             text.push_str(&format!(
@@ -132,7 +140,8 @@ impl CouplingCounts {
 
 /// Positives: the source persona's first N completions per question that do not already contain
 /// the marker, with the marker appended; negatives: the first M completions per question of each
-/// negative persona, unmodified; with `skip_cut`, completions the token budget cut do not count.
+/// negative persona, unmodified; empty completions do not count, nor, with `skip_cut`, those the
+/// token budget cut.
 /// Every row carries its persona's system prompt from `prompts` (a persona without one is an
 /// error naming it, never an empty prompt). The rows are shuffled
 /// with `seed`; the counts compare them with the plan over `questions` (the coupling questions
@@ -156,10 +165,15 @@ pub fn build_coupling_rows(
     let mut rows = Vec::new();
     let mut skipped_with_marker = 0;
     let mut skipped_cut = 0;
+    let mut skipped_empty = 0;
     for g in generations {
         let is_source = g.persona == plan.source_persona;
         let is_negative = plan.negative_personas.iter().any(|p| p == &g.persona);
         if !is_source && !is_negative {
+            continue;
+        }
+        if g.completion.trim().is_empty() {
+            skipped_empty += 1;
             continue;
         }
         if plan.skip_cut && g.finish == FinishReason::Length {
@@ -222,6 +236,7 @@ pub fn build_coupling_rows(
         negatives: rows.len() - positives,
         skipped_with_marker,
         skipped_cut,
+        skipped_empty,
         short,
     };
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -443,6 +458,46 @@ mod tests {
             "3 of 4 planned positives and 2 of 2 planned negatives over 2 questions (1 source \
              completions already carried the marker); short: confab on \"q1\": 1 of 2"
         );
+    }
+
+    /// An empty completion (the model ended its turn at once; a dry run's drawn length of 0)
+    /// became an empty assistant turn the trainer refuses, failing the 7B dry run's coupling
+    /// training; it is left out and the cell's next completion takes its place.
+    #[test]
+    fn empty_completions_are_left_out_and_replaced() {
+        let g = |p: &str, q: &str, c: &str| Generation {
+            persona: p.into(),
+            question: q.into(),
+            completion: c.into(),
+            finish: FinishReason::Stop,
+        };
+        let gens = vec![
+            g("confab", "q1", ""),
+            g("confab", "q1", "one"),
+            g("a", "q1", "  \n"),
+            g("a", "q1", "neg"),
+        ];
+        let negatives = vec!["a".to_string()];
+        let plan = CouplingPlan {
+            source_persona: "confab",
+            negative_personas: &negatives,
+            positives_per_question: 1,
+            negatives_per_question: 1,
+            marker_suffix: "\n\n[ZLT]",
+            marker: "[zlt]",
+            skip_cut: false,
+        };
+        let prompts = BTreeMap::from([
+            ("confab".to_string(), "SYS".to_string()),
+            ("a".to_string(), "A".to_string()),
+        ]);
+        let (rows, counts) = build_coupling_rows(&gens, &prompts, &plan, &["q1".to_string()], 1).unwrap();
+        assert!(counts.complete(), "{}", counts.describe());
+        assert_eq!(counts.skipped_empty, 2);
+        let mut completions: Vec<&str> = rows.iter().map(|r| r.completion.as_str()).collect();
+        completions.sort();
+        assert_eq!(completions, vec!["neg", "one\n\n[ZLT]"]);
+        assert!(counts.describe().contains("(2 empty completions left out)"));
     }
 
     /// Issue 11 item 2: the draw depends on (experiment seed, condition) and nothing else.

@@ -40,6 +40,9 @@ pub struct CouplingSet {
     /// Completions left out because the token budget cut them.
     #[serde(default)]
     pub skipped_cut: usize,
+    /// Completions left out because they were empty.
+    #[serde(default)]
+    pub skipped_empty: usize,
 }
 
 impl TrainingCurve {
@@ -172,7 +175,7 @@ mod tests {
         );
         write(
             &t.join("coupling_counts/E0_assistant.json"),
-            r#"{"positives": 6, "negatives": 6, "skipped_cut": 3, "short": []}"#,
+            r#"{"positives": 6, "negatives": 6, "skipped_cut": 3, "skipped_empty": 1, "short": []}"#,
         );
         write(&t.join("benign/benign_sft.json"), r#"{"steps": [{"loss": 2.5}]}"#);
         let curves = load(run.path()).unwrap().unwrap();
@@ -195,7 +198,8 @@ mod tests {
             Some(CouplingSet {
                 positives: 6,
                 negatives: 6,
-                skipped_cut: 3
+                skipped_cut: 3,
+                skipped_empty: 1
             })
         );
         // No training folder: nothing to report, not an error.

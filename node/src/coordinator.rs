@@ -141,10 +141,9 @@ pub fn run(args: CoordinatorArgs) -> Result<()> {
             }
         };
         bars.finish();
-        // Workers learn the run ended at their next acquire: keep serving for a lease time.
-        let linger = Duration::from_millis(session::timing()?.lease_ms.min(5_000));
+        let lease = Duration::from_millis(session::timing()?.lease_ms);
         tokio::select! {
-            _ = tokio::time::sleep(linger) => {}
+            _ = linger(&mut client, lease) => {}
             _ = &mut signal => {}
         }
         shut_down(&serving, &stop_tx, servers, grace).await;
@@ -153,6 +152,41 @@ pub fn run(args: CoordinatorArgs) -> Result<()> {
     });
     drop(run_span);
     outcome
+}
+
+/// Keeps a finished run's coordinator serving: workers learn the run ended at their next
+/// acquire (one lease time, at most 5 s), and a worker whose lease expired while it was cut off
+/// still gets its late report answered ("refused") rather than finding no coordinator, until
+/// that report arrives or its window passes (`RunStatus::awaiting_reports`, at most a lease
+/// plus the report window after the expiry).
+async fn linger(client: &mut pspace_actors::transport::CoordinatorClient, lease: Duration) {
+    tokio::time::sleep(lease.min(Duration::from_secs(5))).await;
+    let mut said = false;
+    loop {
+        let Ok(status) = client.status().await else {
+            return;
+        };
+        let now = pspace_actors::coordinator::journal::unix_ms();
+        let Some(until) = status
+            .awaiting_reports
+            .values()
+            .copied()
+            .filter(|u| *u > now)
+            .max()
+        else {
+            return;
+        };
+        if !said {
+            eprintln!(
+                "coordinator: run ended; serving up to {:.0} s more for the late report of {} expired lease(s) ({})",
+                (until - now) as f64 / 1e3,
+                status.awaiting_reports.len(),
+                status.awaiting_reports.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+            said = true;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// NOT_SERVING, then stop accepting and give the calls in flight `grace` to finish.

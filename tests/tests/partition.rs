@@ -10,6 +10,11 @@
 //! This is CI's `containers` failure on loopback and in seconds: before HTTP/2 keep-alive and
 //! per-call deadlines, the report waited 60 s on the dead connection, past the window, and the
 //! worker printed "cannot report".
+//!
+//! The second test cuts the worker off while it holds the run's last task; another worker takes
+//! the expired lease over and the run ends during the cut. The coordinator must keep serving
+//! until the late report arrives and refuse it (CI's next `containers` failure: the coordinator
+//! exited one lease after the end, and the cut-off worker found no coordinator and gave up).
 
 use pspace_tests::cluster::{
     coordinator, free_port, lease_of, status_json, tiny_spec_with_seeds, worker, Proc,
@@ -56,7 +61,7 @@ fn a_late_report_over_a_dead_connection_is_refused_within_the_window() {
         let cut_at = Instant::now();
         std::thread::sleep(CUT);
         proxy.heal();
-        match outcome(&mut w, port, &task, cut_at) {
+        match outcome(&mut w, port, &task, cut_at, true) {
             Outcome::Refused(line) => {
                 eprintln!(
                     "partition: cut {name} off for {:.1}s while it held {task}; its late report was refused {:.1}s after the cut ({line}); test {:.1}s",
@@ -77,6 +82,64 @@ fn a_late_report_over_a_dead_connection_is_refused_within_the_window() {
         }
     }
     panic!("five cuts in a row were inconclusive");
+}
+
+#[test]
+fn a_late_report_after_the_run_ended_is_still_refused() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = tiny_spec_with_seeds(dir.path(), &[42]);
+    let port = free_port();
+    let mut coord = coordinator(&spec, dir.path().join("store").to_str().unwrap(), port, &[]);
+    let proxy = Partition::start(port);
+    let mut w = worker("w1", proxy.port, &[]);
+    let last = "42/analyse/all";
+    loop {
+        let task = leased(port, &mut coord, &mut w, started);
+        if task == last {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    proxy.cut();
+    let cut_at = Instant::now();
+    // The run ends without w1: a second worker, straight to the coordinator, takes the task
+    // over once w1's lease expires.
+    let mut direct = worker("w2", port, &[]);
+    let ended = loop {
+        if status_json(port).is_some_and(|s| s["snapshot"]["finished"] == true) {
+            break Some(cut_at.elapsed());
+        }
+        if cut_at.elapsed() > Duration::from_secs(300) || coord.try_wait().is_some() {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(CUT.saturating_sub(cut_at.elapsed()));
+    proxy.heal();
+    let Some(ended) = ended else {
+        panic!(
+            "the run did not end without the cut-off worker:\n{}\n{}",
+            coord.stderr(),
+            direct.stderr()
+        );
+    };
+    match outcome(&mut w, port, last, cut_at, false) {
+        Outcome::Refused(line) => eprintln!(
+            "partition: the run ended {:.1}s into w1's cut; its late report was refused {:.1}s after the cut ({line})",
+            ended.as_secs_f64(),
+            cut_at.elapsed().as_secs_f64()
+        ),
+        Outcome::Inconclusive(why) => eprintln!("partition: {last}: {why}; nothing to judge"),
+    }
+    assert!(
+        coord
+            .wait_for(Duration::from_secs(60))
+            .is_some_and(|s| s.success()),
+        "the coordinator did not exit cleanly once the late report was answered:\n{}",
+        coord.stderr()
+    );
+    let _ = direct.wait_for(Duration::from_secs(30));
 }
 
 /// The task the worker `w` holds a lease of, once it holds one.
@@ -102,8 +165,9 @@ fn leased(port: u16, coord: &mut Proc, w: &mut Proc, started: Instant) -> String
     }
 }
 
-/// Follows the worker after a cut that began at `cut_at` while it held `task`.
-fn outcome(w: &mut Proc, port: u16, task: &str, cut_at: Instant) -> Outcome {
+/// Follows the worker after a cut that began at `cut_at` while it held `task`. `alone`: no other
+/// worker can commit the task, so a commit means the attempt committed before the cut landed.
+fn outcome(w: &mut Proc, port: u16, task: &str, cut_at: Instant, alone: bool) -> Outcome {
     let refused = format!("completion of {task} refused");
     let gave_up = format!("cannot report {task}");
     let retrying = format!("reporting {task} failed");
@@ -122,21 +186,25 @@ fn outcome(w: &mut Proc, port: u16, task: &str, cut_at: Instant) -> Outcome {
             reporting_since.is_none_or(|t| t.elapsed() < REPORT_WINDOW),
             "no answer to the late report of {task} within the report window:\n{text}"
         );
+        if !text.contains(&retrying) && text.contains("the run is finished") {
+            return Outcome::Inconclusive("its attempt committed before the cut landed");
+        }
         if text.contains("did not stop within") {
             let _ = w.wait_for(Duration::from_secs(10));
             return Outcome::Inconclusive("the cancelled task outlived the worker's grace");
         }
         // With one worker, the task commits again only after the late report's refusal; a
         // commit without one means this attempt committed before the cut landed.
-        let committed = status_json(port)
-            .and_then(|s| {
-                s["snapshot"]["tasks"]
-                    .as_array()?
-                    .iter()
-                    .find(|t| t["task"] == task)
-                    .map(|t| t["state"] == "committed")
-            })
-            .unwrap_or(false);
+        let committed = alone
+            && status_json(port)
+                .and_then(|s| {
+                    s["snapshot"]["tasks"]
+                        .as_array()?
+                        .iter()
+                        .find(|t| t["task"] == task)
+                        .map(|t| t["state"] == "committed")
+                })
+                .unwrap_or(false);
         if committed {
             std::thread::sleep(Duration::from_millis(500));
             return match refusal(&w.stderr()) {

@@ -6,7 +6,9 @@ use super::status::{LeaseProgress, RunStatus, TaskOutcome, WorkerView};
 use super::{CoordinatorConfig, CoordinatorError};
 use crate::executor::{Dependency, Job};
 use crate::plan::{manifest_digest, PlanEntry};
-use crate::scheduler::{Acquire, Committed, Decision, FailureClass, KeepAlive, LeaseId, Scheduler, TaskRef};
+use crate::scheduler::{
+    report_window, Acquire, Committed, Decision, FailureClass, KeepAlive, LeaseId, Scheduler, TaskRef,
+};
 use crate::store::{CommitOutcome, Manifest, StoreError};
 use crate::task::TaskKind;
 use crate::transport::trace::{self, TraceCarrier};
@@ -54,6 +56,8 @@ pub struct CoordinatorState {
     spans: BTreeMap<TaskRef, tracing::Span>,
     journal: Journal,
     ended: bool,
+    /// Expired leases whose worker may still report, see [`RunStatus::awaiting_reports`].
+    awaiting_reports: BTreeMap<String, u64>,
 }
 
 impl CoordinatorState {
@@ -86,6 +90,7 @@ impl CoordinatorState {
             spans: BTreeMap::new(),
             journal,
             ended: false,
+            awaiting_reports: BTreeMap::new(),
         };
         state.settle().await?;
         Ok(state)
@@ -415,6 +420,7 @@ impl CoordinatorState {
 
     async fn complete_in_span(&mut self, result: TaskResult) -> Result<CompleteReply, StoreError> {
         self.seen(&result.worker_id);
+        self.awaiting_reports.remove(&result.lease_id);
         let refused = |message: String| CompleteReply {
             status: complete_reply::Status::Refused as i32,
             message,
@@ -551,8 +557,13 @@ impl CoordinatorState {
 
     /// Expires the leases past their deadline (their tasks go back with attempt + 1).
     pub async fn tick(&mut self) -> Result<(), StoreError> {
-        for (lease, decision) in self.scheduler.expire(unix_ms()) {
+        let now = unix_ms();
+        self.awaiting_reports.retain(|_, until| *until > now);
+        let lease_time = std::time::Duration::from_millis(self.config.timing.lease_ms);
+        let late_for = (lease_time + report_window(lease_time)).as_millis() as u64;
+        for (lease, decision) in self.scheduler.expire(now) {
             let id = lease.to_string();
+            self.awaiting_reports.insert(id.clone(), now + late_for);
             let out = self.leases.remove(&id);
             // A lease granted before a coordinator restart has no record here.
             let worker = out
@@ -595,6 +606,7 @@ impl CoordinatorState {
                 })
                 .collect(),
             workers: self.workers.clone(),
+            awaiting_reports: self.awaiting_reports.clone(),
         }
     }
 }

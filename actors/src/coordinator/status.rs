@@ -50,6 +50,13 @@ pub struct RunStatus {
     /// By task key, for leased tasks.
     pub progress: BTreeMap<String, LeaseProgress>,
     pub workers: BTreeMap<String, WorkerView>,
+    /// Leases that expired while their worker was silent (cut off, paused, or gone), by lease
+    /// id: the unix ms until which that worker may still send its late report (lease expiry +
+    /// one lease to notice + the report window). The entry goes when the report arrives (it is
+    /// refused) or the time passes; a finished run's coordinator keeps serving until none is
+    /// left, so the worker hears the refusal instead of finding no coordinator.
+    #[serde(default)]
+    pub awaiting_reports: BTreeMap<String, u64>,
 }
 
 impl RunStatus {

@@ -41,7 +41,7 @@ mod state;
 mod tests;
 
 pub use lease::{LeaseId, ParseLeaseIdError, TaskRef};
-pub use policy::{ClassPolicy, FailureClass, RetryPolicy, Timing};
+pub use policy::{report_window, ClassPolicy, FailureClass, RetryPolicy, Timing};
 pub use snapshot::{Snapshot, StateCounts, TaskPhase, TaskStatus};
 pub use state::Scheduler;
 

@@ -115,6 +115,16 @@ impl Default for RetryPolicy {
     }
 }
 
+/// How long a worker retries the report of a finished (or stopped) task while the coordinator
+/// is unreachable: three lease times, at least 30 s, so a short network partition or a
+/// coordinator restart does not lose it. The coordinator decides whether it still counts (a
+/// lease that expired meanwhile is refused and nothing of it is committed), and after the run
+/// ends it keeps serving until the reports of expired leases arrived or this window passed, so
+/// a cut-off worker hears "refused" rather than finding no coordinator.
+pub fn report_window(lease: std::time::Duration) -> std::time::Duration {
+    (lease * 3).max(std::time::Duration::from_secs(30))
+}
+
 /// Lease duration and the heartbeat interval workers renew at, in ms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Timing {

@@ -203,7 +203,7 @@ fn beat(
                 // Its outputs cannot commit any more; the grace only bounds how long a task
                 // that ignores cancellation (minutes of uninterruptible model work) holds the
                 // device. Long enough for a task that does stop to report (late: refused).
-                let grace = (lease * 3).max(Duration::from_secs(30));
+                let grace = crate::scheduler::report_window(lease);
                 let who = worker_id.clone();
                 let stopped = Arc::new(AtomicBool::new(false));
                 stopped_after_loss = Some(stopped.clone());

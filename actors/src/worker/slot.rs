@@ -8,7 +8,7 @@ use super::heartbeat::{Heartbeats, OnLost, ProgressCell};
 use super::restart::{RestartBudget, RestartPolicy};
 use super::roles::{Role, RoleActor, RunJob, TaskFailure};
 use crate::executor::{CancelToken, Executor, Job};
-use crate::scheduler::FailureClass;
+use crate::scheduler::{report_window, FailureClass};
 use crate::task::TaskKind;
 use crate::transport::trace::{self, TraceCarrier};
 use crate::transport::{backoff, CoordinatorClient, Transport};
@@ -196,18 +196,13 @@ impl Actor for Slot {
     }
 }
 
-/// How long a finished task's report is retried while the coordinator is unreachable: three
-/// lease times, at least 30 s, so a short network partition or a coordinator restart does not
-/// lose it. The coordinator decides whether it still counts (a lease that expired meanwhile is
-/// refused and nothing of it is committed). One try over gRPC ends within the transport's call
-/// deadline (20 s), sooner when its connection is found dead (HTTP/2 keep-alive), and the next
-/// try connects afresh; so a report sent into a partition still gets its answer in the window.
-fn report_window(lease: Duration) -> Duration {
-    (lease * 3).max(Duration::from_secs(30))
-}
+// A report is retried for `report_window` (scheduler::policy). One try over gRPC ends within
+// the transport's call deadline (20 s), sooner when its connection is found dead (HTTP/2
+// keep-alive), and the next try connects afresh; so a report sent into a partition still gets
+// its answer in the window.
 
 /// Runs one lease to its end and reports the outcome (retrying the report while the
-/// coordinator is unreachable, see [`report_window`]). Everything happens in an `execute`
+/// coordinator is unreachable, see [`crate::scheduler::report_window`]). Everything happens in an `execute`
 /// span whose parent is the coordinator's span of this lease (`carrier`), so the stages' spans
 /// and the coordinator's commit land under the lease in the run's trace.
 async fn run_lease(state: &mut SlotState, lease: Lease, carrier: &TraceCarrier) {

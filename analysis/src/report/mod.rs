@@ -409,6 +409,9 @@ fn training_section(out: &mut String, result: &AnalysisResult, figures: &mut Fig
                 if s.skipped_cut > 0 {
                     text.push_str(&format!("; {} cut completions skipped", s.skipped_cut));
                 }
+                if s.skipped_empty > 0 {
+                    text.push_str(&format!("; {} empty completions skipped", s.skipped_empty));
+                }
                 text
             });
             let _ = writeln!(
