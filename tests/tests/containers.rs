@@ -289,7 +289,15 @@ fn compose_survives_a_killed_a_cut_off_and_a_restarted_container() {
         panic!("{} before a task was committed:\n{}", exited(), all_logs());
     }
     let worker0 = project.container("worker-0");
-    docker(&["kill", &worker0]);
+    let kill = Command::new("docker").args(["kill", &worker0]).output().unwrap();
+    assert!(
+        kill.status.success(),
+        "cannot kill worker-0 ({:?}; {}): {}\n{}",
+        state(&worker0),
+        exited(),
+        String::from_utf8_lossy(&kill.stderr).trim(),
+        all_logs()
+    );
     eprintln!(
         "containers: killed worker-0 at {:.1}s",
         started.elapsed().as_secs_f64()
