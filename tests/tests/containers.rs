@@ -3,7 +3,8 @@
 //! `docker import`), a SeaweedFS image from the venv's static `weed` (standing in for
 //! chrislusf/seaweedfs, which cannot be pulled here), secrets from deploy/image/secrets.sh.
 //! SeaweedFS, the coordinator and three workers run as containers on the project's network,
-//! each with its own address. During the tiny spec one worker container is killed, one is cut
+//! each with its own address. During the tiny spec (tests/data/tiny_long_eval.toml: its marker
+//! eval lasts seconds, so a cut lands inside it) one worker container is killed, one is cut
 //! off the network past its lease and reconnected (its late result is refused and nothing of
 //! its attempt is committed), and the coordinator container is restarted (SIGTERM: it exits
 //! 143, Docker starts it again, it resumes from the store). result.json is byte-identical to
@@ -12,7 +13,7 @@
 use object_store::aws::AmazonS3Builder;
 use object_store::ObjectStore;
 use pspace_tests::cluster::{free_port, result_paths, run_embedded};
-use pspace_tests::{pspace_bin, repo_root, tiny_spec};
+use pspace_tests::{pspace_bin, repo_root};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -20,6 +21,10 @@ use std::time::{Duration, Instant};
 // Long enough that a cancelled tiny task stops within the grace (one lease) under load, so the
 // cut-off worker reports late instead of exiting first.
 const LEASE_MS: u64 = 6000;
+
+/// The workers that may be cut off: worker-0 is killed first (`docker kill` is a manual stop,
+/// which Docker does not restart), and its lease stays "leased" in the status until it expires.
+const WORKERS: &[&str] = &["worker-1", "worker-2"];
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
@@ -176,9 +181,13 @@ fn committed(status: &serde_json::Value) -> usize {
         .unwrap_or(0)
 }
 
-/// (worker service, task, lease id) of a lease held by one of `services`.
+/// (worker service, task, lease id) of a marker_eval lease held by one of `services`: the
+/// spec's longest tasks, so a cut lands before the task ends.
 fn lease_held(status: &serde_json::Value, services: &[&str]) -> Option<(String, String, String)> {
     status["snapshot"]["tasks"].as_array()?.iter().find_map(|t| {
+        if !t["task"].as_str()?.contains("/marker_eval/") {
+            return None;
+        }
         let worker = t["worker"].as_str()?;
         let service = services.iter().find(|s| worker.starts_with(&format!("{s}/")))?;
         (t["state"] == "leased").then(|| {
@@ -207,7 +216,8 @@ fn compose_survives_a_killed_a_cut_off_and_a_restarted_container() {
     let built = started.elapsed();
 
     // The reference: `pspace run` on the same spec, on this machine.
-    let (stdout, _) = run_embedded(&tiny_spec(), work.path().join("embedded").to_str().unwrap(), &[]);
+    let spec = repo_root().join("tests/data/tiny_long_eval.toml");
+    let (stdout, _) = run_embedded(&spec, work.path().join("embedded").to_str().unwrap(), &[]);
     let expected = std::fs::read(&result_paths(&stdout)[0]).unwrap();
 
     let secrets = work.path().join("secrets");
@@ -227,7 +237,7 @@ fn compose_survives_a_killed_a_cut_off_and_a_restarted_container() {
     let env: Vec<(String, String)> = [
         ("PSPACE_IMAGE", images[0].clone()),
         ("SEAWEEDFS_IMAGE", images[1].clone()),
-        ("PSPACE_SPEC", "/opt/pspace/tests/data/tiny_run.toml".into()),
+        ("PSPACE_SPEC", "/opt/pspace/tests/data/tiny_long_eval.toml".into()),
         ("PSPACE_SECRETS", secrets.display().to_string()),
         ("PSPACE_S3_ACCESS_KEY", key("PSPACE_S3_ACCESS_KEY")),
         ("PSPACE_S3_SECRET_KEY", key("PSPACE_S3_SECRET_KEY")),
@@ -307,12 +317,11 @@ fn compose_survives_a_killed_a_cut_off_and_a_restarted_container() {
     //    its late result is refused.
     let mut cut_off = None;
     for _ in 0..5 {
-        let Some(s) = wait_status(&|s| {
-            lease_held(s, &["worker-1", "worker-2"]).is_some() || s["snapshot"]["finished"] == true
-        }) else {
+        let Some(s) = wait_status(&|s| lease_held(s, WORKERS).is_some() || s["snapshot"]["finished"] == true)
+        else {
             break;
         };
-        let Some((service, task, lease)) = lease_held(&s, &["worker-1", "worker-2"]) else {
+        let Some((service, task, lease)) = lease_held(&s, WORKERS) else {
             break;
         };
         let id = project.container(&service);
