@@ -4,7 +4,7 @@
 //! Default = full size: 7 checkpoints x 2 methods x 5 layers x 12 personas x 240 questions x
 //! 3584 hidden, 10,000 permutations. Flags override: `--questions N --hidden N --layers N
 //! --permutations N --bootstrap N --components N`. Prints one JSON object (time, machine,
-//! cores, sizes, settings) on stdout.
+//! cores, sizes, settings, CPU seconds of each phase) on stdout.
 
 use pspace_analysis::geometry::synthetic::{generate, SyntheticDesign};
 use pspace_analysis::geometry::{compute, GeometryConfig, GeometryInput, MethodActivations};
@@ -55,6 +55,22 @@ fn result_digest(out: &pspace_analysis::geometry::GeometryOutput) -> Result<Stri
     }))
     .map_err(|e| e.to_string())?;
     Ok(format!("{:x}", Sha256::digest(text.as_bytes())))
+}
+
+/// CPU seconds of each phase summed over the (method, layer) jobs (null where a job's phase
+/// was not measured).
+fn phase_totals(timings: &[pspace_analysis::geometry::timing::LayerTiming]) -> serde_json::Value {
+    let total = |get: fn(&pspace_analysis::geometry::timing::PhaseSeconds) -> Option<f64>| {
+        timings.iter().map(|t| get(&t.cpu_seconds)).sum::<Option<f64>>()
+    };
+    serde_json::json!({
+        "observed": total(|p| p.observed),
+        "bootstrap": total(|p| p.bootstrap),
+        "pca": total(|p| p.pca),
+        "m3_observed": total(|p| p.m3_observed),
+        "m3_null": total(|p| p.m3_null),
+        "m3_bootstrap": total(|p| p.m3_bootstrap),
+    })
 }
 
 fn main() -> Result<(), String> {
@@ -139,6 +155,9 @@ fn main() -> Result<(), String> {
             "geometry_em_vs_benign": out.em_vs_benign.len(),
         },
         "sample": { "m3_accuracy_A_first_layer": m3 },
+        "phase_cpu_seconds_total": phase_totals(&out.timings),
+        "cells_cpu_seconds": out.cells_cpu_seconds,
+        "phase_cpu_seconds_per_job": &out.timings,
         "result_sha256": result_digest(&out)?,
     });
     println!(

@@ -22,6 +22,7 @@
 
 use super::lda::LdaError;
 use super::pca;
+use super::timing;
 use crate::stats::rng::seeded_rng;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, ArrayView2};
@@ -586,6 +587,9 @@ pub struct M3Result {
     pub accuracy: Vec<f64>,
     /// [permutation][checkpoint] accuracy under the joint shuffle.
     pub null_accuracy: Vec<Vec<f64>>,
+    /// CPU seconds of the observed fits and of the null (summed over its threads).
+    pub observed_cpu_seconds: Option<f64>,
+    pub null_cpu_seconds: Option<f64>,
 }
 
 /// Observed accuracies and the joint-shuffle null of every checkpoint.
@@ -605,6 +609,7 @@ pub fn run(
         })
         .collect();
     let total: u32 = valid_per_question.iter().sum();
+    let clock = timing::thread_cpu_seconds();
     let observed = vec![setup.observed_labels()];
     let correct_per_question: Vec<Vec<u32>> = checkpoints
         .iter()
@@ -617,11 +622,13 @@ pub fn run(
         .iter()
         .map(|c| c.iter().sum::<u32>() as f64 / f64::from(total.max(1)))
         .collect();
+    let observed_cpu_seconds = timing::since(clock);
     const BATCH: usize = 64;
     let batches: Vec<usize> = (0..permutations.div_ceil(BATCH)).collect();
-    let null_batches: Vec<Vec<Vec<f64>>> = batches
+    let null_batches: Vec<(Vec<Vec<f64>>, Option<f64>)> = batches
         .par_iter()
         .map(|&b| {
+            let clock = timing::thread_cpu_seconds();
             let first = b * BATCH;
             let last = (first + BATCH).min(permutations);
             let labels: Vec<Vec<u8>> = (first..last)
@@ -635,14 +642,20 @@ pub fn run(
                     slot.push(per_question.iter().sum::<u32>() as f64 / f64::from(total.max(1)));
                 }
             }
-            Ok(per_permutation)
+            Ok((per_permutation, timing::since(clock)))
         })
         .collect::<Result<_, LdaError>>()?;
+    let null_cpu_seconds = null_batches
+        .iter()
+        .map(|(_, seconds)| *seconds)
+        .sum::<Option<f64>>();
     Ok(M3Result {
         correct_per_question,
         valid_per_question,
         accuracy,
-        null_accuracy: null_batches.into_iter().flatten().collect(),
+        null_accuracy: null_batches.into_iter().flat_map(|(p, _)| p).collect(),
+        observed_cpu_seconds,
+        null_cpu_seconds,
     })
 }
 

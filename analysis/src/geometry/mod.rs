@@ -35,6 +35,7 @@ pub mod m3;
 pub mod paired;
 pub mod pca;
 pub mod synthetic;
+pub mod timing;
 
 use crate::families::CellTest;
 use crate::result::GeometrySummary;
@@ -146,6 +147,10 @@ pub struct GeometryOutput {
     pub em_pre_post: Vec<CellTest>,
     pub benign_pre_post: Vec<CellTest>,
     pub em_vs_benign: Vec<CellTest>,
+    /// CPU seconds of each phase of each (method, layer) job (for the speed benchmark).
+    pub timings: Vec<timing::LayerTiming>,
+    /// CPU seconds of the cells' sign-flip tests, run after the jobs on the calling thread.
+    pub cells_cpu_seconds: Option<f64>,
 }
 
 /// Reads and cross-checks activation files: (checkpoint, method, path) each. Every file must
@@ -221,6 +226,7 @@ struct LayerOutcome {
     bootstrap: centroids::BootstrapReplicates,
     m3: m3::M3Result,
     m3_bootstrap: Vec<Vec<f64>>,
+    timing: timing::PhaseSeconds,
 }
 
 fn analyze_layer(
@@ -229,6 +235,8 @@ fn analyze_layer(
     method: &MethodActivations,
     layer_index: usize,
 ) -> Result<LayerOutcome, GeometryError> {
+    let mut phases = timing::PhaseSeconds::default();
+    let mut clock = timing::thread_cpu_seconds();
     let first = &method.checkpoints[0];
     let (personas, questions, hidden) = (first.personas.len(), first.n_questions, first.hidden);
     let layer = first.layers[layer_index];
@@ -320,6 +328,8 @@ fn analyze_layer(
         }
         None => Vec::new(),
     };
+    phases.observed = timing::since(clock);
+    clock = timing::thread_cpu_seconds();
     let stream = format!("geometry/{}/L{layer}", method.method);
     let weights = centroids::bootstrap_weights(
         config.bootstrap,
@@ -334,6 +344,8 @@ fn analyze_layer(
         &weights,
         axis_checkpoint.map(|a| (a, 0, axis_persona)),
     );
+    phases.bootstrap = timing::since(clock);
+    clock = timing::thread_cpu_seconds();
     // M3: each checkpoint's folds in PCA bases fitted on its own training rows.
     let setup = m3::M3Setup::new(personas, questions, config.cv_folds, keep.clone());
     let fold_pca = m3::FoldPca {
@@ -348,6 +360,7 @@ fn analyze_layer(
             m3::M3Checkpoint::new(&setup, *v, fold_pca, &mut rng)
         })
         .collect();
+    phases.pca = timing::since(clock);
     let m3_result = m3::run(
         &setup,
         &projected,
@@ -361,6 +374,9 @@ fn analyze_layer(
         layer,
         error,
     })?;
+    phases.m3_observed = m3_result.observed_cpu_seconds;
+    phases.m3_null = m3_result.null_cpu_seconds;
+    clock = timing::thread_cpu_seconds();
     let m3_bootstrap = m3_result
         .correct_per_question
         .iter()
@@ -384,6 +400,7 @@ fn analyze_layer(
                 .collect()
         })
         .collect();
+    phases.m3_bootstrap = timing::since(clock);
     debug_assert_eq!(names.len(), method.checkpoints.len());
     Ok(LayerOutcome {
         method: method.method.clone(),
@@ -395,6 +412,7 @@ fn analyze_layer(
         bootstrap,
         m3: m3_result,
         m3_bootstrap,
+        timing: phases,
     })
 }
 
@@ -558,6 +576,7 @@ pub fn compute(input: &GeometryInput, config: &GeometryConfig) -> Result<Geometr
         .par_iter()
         .map(|&(mi, li)| analyze_layer(input, config, &input.methods[mi], li))
         .collect::<Result<_, _>>()?;
+    let cells_clock = timing::thread_cpu_seconds();
     let benign_index = input.benign.as_ref().map(|_| names.len() - 1);
     let mut em_pre_post = Vec::new();
     let mut benign_pre_post = Vec::new();
@@ -645,6 +664,7 @@ pub fn compute(input: &GeometryInput, config: &GeometryConfig) -> Result<Geometr
             );
         }
     }
+    let cells_cpu_seconds = timing::since(cells_clock);
     let first = &input.methods[0].checkpoints[0];
     let summary = GeometrySummary {
         design: Some(GeometryDesign {
@@ -695,5 +715,14 @@ pub fn compute(input: &GeometryInput, config: &GeometryConfig) -> Result<Geometr
         em_pre_post,
         benign_pre_post,
         em_vs_benign,
+        timings: outcomes
+            .iter()
+            .map(|o| timing::LayerTiming {
+                method: o.method.clone(),
+                layer: o.layer,
+                cpu_seconds: o.timing.clone(),
+            })
+            .collect(),
+        cells_cpu_seconds,
     })
 }
