@@ -3,7 +3,8 @@
 //!
 //! Default = full size: 7 checkpoints x 2 methods x 5 layers x 12 personas x 240 questions x
 //! 3584 hidden, 10,000 permutations. Flags override: `--questions N --hidden N --layers N
-//! --permutations N --bootstrap N --components N`. Prints one JSON object (time, machine,
+//! --permutations N --bootstrap N --components N`; `--dump PATH` writes the hashed results
+//! there. Prints one JSON object (time, machine,
 //! cores, sizes, settings, CPU seconds of each phase) on stdout.
 
 use pspace_analysis::geometry::synthetic::{generate, SyntheticDesign};
@@ -47,13 +48,18 @@ fn process_cpu_seconds() -> Option<f64> {
 /// sha256 of everything the geometry puts into result.json (summary with every cell's
 /// statistic, p-values and bootstrap intervals, and the three families), so two builds can be
 /// checked to give byte-identical results.
-fn result_digest(out: &pspace_analysis::geometry::GeometryOutput) -> Result<String, String> {
+/// With `--dump PATH` that text is also written to PATH, so two builds' numbers can be
+/// compared value by value where they are not identical.
+fn result_digest(out: &pspace_analysis::geometry::GeometryOutput, dump: Option<&str>) -> Result<String, String> {
     use sha2::{Digest, Sha256};
     let text = serde_json::to_string(&serde_json::json!({
         "summary": out.summary,
         "families": [&out.em_pre_post, &out.benign_pre_post, &out.em_vs_benign],
     }))
     .map_err(|e| e.to_string())?;
+    if let Some(path) = dump {
+        std::fs::write(path, &text).map_err(|e| format!("--dump {path}: {e}"))?;
+    }
     Ok(format!("{:x}", Sha256::digest(text.as_bytes())))
 }
 
@@ -78,6 +84,10 @@ fn main() -> Result<(), String> {
     let questions = flag(&args, "--questions", 240)?;
     let hidden = flag(&args, "--hidden", 3584)?;
     let layer_count = flag(&args, "--layers", 5)?;
+    let dump = match args.iter().position(|a| a == "--dump") {
+        None => None,
+        Some(i) => Some(args.get(i + 1).ok_or("--dump needs a path")?.as_str()),
+    };
     let defaults = GeometryConfig::default();
     let config = GeometryConfig {
         permutations: flag(&args, "--permutations", defaults.permutations)?,
@@ -158,7 +168,7 @@ fn main() -> Result<(), String> {
         "phase_cpu_seconds_total": phase_totals(&out.timings),
         "cells_cpu_seconds": out.cells_cpu_seconds,
         "phase_cpu_seconds_per_job": &out.timings,
-        "result_sha256": result_digest(&out)?,
+        "result_sha256": result_digest(&out, dump)?,
     });
     println!(
         "{}",
