@@ -50,7 +50,10 @@ fn process_cpu_seconds() -> Option<f64> {
 /// checked to give byte-identical results.
 /// With `--dump PATH` that text is also written to PATH, so two builds' numbers can be
 /// compared value by value where they are not identical.
-fn result_digest(out: &pspace_analysis::geometry::GeometryOutput, dump: Option<&str>) -> Result<String, String> {
+fn result_digest(
+    out: &pspace_analysis::geometry::GeometryOutput,
+    dump: Option<&str>,
+) -> Result<String, String> {
     use sha2::{Digest, Sha256};
     let text = serde_json::to_string(&serde_json::json!({
         "summary": out.summary,

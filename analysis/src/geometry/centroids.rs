@@ -1,14 +1,13 @@
 //! M1 and M2 from persona centroids (mean over each persona's kept questions), and their
 //! question-level bootstrap: a replicate redraws the questions with replacement (the same
 //! draw for every checkpoint, so deltas stay paired) and recomputes every centroid as a
-//! weighted mean, one matrix product per persona and checkpoint.
+//! weighted mean (computed by `replicate_gram`, which needs only their dot products).
 //!
 //! M1 = mean off-diagonal cosine of the persona-centroid cosine matrix (one value per pair
 //! i < j). M2 = mean over the personas other than the axis persona of |cos(centroid, axis)|,
 //! axis = axis-persona centroid of the axis checkpoint (E0) minus that of base.
 
-use ndarray::linalg::general_mat_mul;
-use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, Axis};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
 
 /// One checkpoint's vectors of one layer: [persona * questions + question][hidden].
 pub struct LayerRows<'a> {
@@ -100,141 +99,9 @@ pub struct BootstrapReplicates {
     pub m2: Vec<Vec<f64>>,
 }
 
-/// Replicate centroids of one persona, [replicate][hidden], from question counts `weights`
-/// [replicate][question], written into `out`: one matrix product. Questions the persona lacks
-/// (the paired filter) get weight 0 and each replicate is normalised by its own total.
-/// `scaled` is scratch of the shape of `weights`; both buffers are reused across personas,
-/// checkpoints and chunks, so the replicate loop allocates (and page-faults) nothing.
-fn persona_replicates_into(
-    rows: &LayerRows,
-    p: usize,
-    questions: usize,
-    keep: &[bool],
-    weights: ArrayView2<f32>,
-    scaled: &mut Array2<f32>,
-    out: &mut Array2<f32>,
-) {
-    scaled.assign(&weights);
-    for q in 0..questions {
-        if !keep[p * questions + q] {
-            scaled.column_mut(q).fill(0.0);
-        }
-    }
-    for mut row in scaled.axis_iter_mut(Axis(0)) {
-        let total: f32 = row.sum();
-        let scale = if total > 0.0 { 1.0 / total } else { f32::NAN };
-        row.mapv_inplace(|v| v * scale);
-    }
-    let persona_rows = rows.rows.slice(s![p * questions..(p + 1) * questions, ..]);
-    general_mat_mul(1.0, scaled, &persona_rows, 0.0, out);
-}
-
-/// Replicates handled at once: bounds the replicate centroids held in memory to
-/// CHUNK x personas x hidden floats per checkpoint (44 MB at 256 x 12 x 3584).
-const CHUNK: usize = 256;
-
-/// Dot product of two f32 vectors: eight f32 partial sums (they vectorize), added in f64.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f64 {
-    let mut lanes = [0.0f32; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f64 = a8
-        .remainder()
-        .iter()
-        .zip(b8.remainder())
-        .map(|(x, y)| f64::from(*x) * f64::from(*y))
-        .sum();
-    for (x, y) in a8.zip(b8) {
-        if let (Ok(x), Ok(y)) = (<&[f32; 8]>::try_from(x), <&[f32; 8]>::try_from(y)) {
-            for l in 0..8 {
-                lanes[l] += x[l] * y[l];
-            }
-        }
-    }
-    lanes.iter().map(|v| f64::from(*v)).sum::<f64>() + tail
-}
-
-/// M1 and M2 of one replicate from its persona centroids (and the axis with its persona).
-#[inline(always)]
-fn replicate_statistics(rows: &[&[f32]], axis: Option<(&[f32], usize)>) -> (f64, f64) {
-    let personas = rows.len();
-    let mut gram = vec![0.0f64; personas * personas];
-    for i in 0..personas {
-        for j in i..personas {
-            let v = dot(rows[i], rows[j]);
-            gram[i * personas + j] = v;
-            gram[j * personas + i] = v;
-        }
-    }
-    let mut m1 = 0.0;
-    let mut pairs = 0usize;
-    for i in 0..personas {
-        for j in i + 1..personas {
-            m1 += gram[i * personas + j] / (gram[i * personas + i] * gram[j * personas + j]).sqrt();
-            pairs += 1;
-        }
-    }
-    let m2 = match axis {
-        Some((axis, axis_persona)) => {
-            let norm = dot(axis, axis).sqrt();
-            let mut sum = 0.0;
-            let mut count = 0usize;
-            for (p, row) in rows.iter().enumerate().filter(|(p, _)| *p != axis_persona) {
-                let norms = gram[p * personas + p].sqrt() * norm;
-                sum += if norms > 0.0 {
-                    (dot(row, axis) / norms).abs()
-                } else {
-                    f64::NAN
-                };
-                count += 1;
-            }
-            sum / count as f64
-        }
-        None => f64::NAN,
-    };
-    (m1 / pairs as f64, m2)
-}
-
-/// M1 and M2 of every replicate of a chunk, for one checkpoint (the dot products are
-/// compiled for AVX2/FMA as well, and that version is used where the CPU has it).
-fn chunk_statistics(per_persona: &[Array2<f32>], axis: Option<(&Array2<f32>, usize)>) -> Vec<(f64, f64)> {
-    #[inline(always)]
-    fn run(per_persona: &[Array2<f32>], axis: Option<(&Array2<f32>, usize)>) -> Vec<(f64, f64)> {
-        let replicates = per_persona.first().map_or(0, |a| a.nrows());
-        (0..replicates)
-            .map(|b| {
-                let rows: Vec<&[f32]> = per_persona
-                    .iter()
-                    .map(|a| a.row(b).to_slice().unwrap_or(&[]))
-                    .collect();
-                let axis_b = axis.map(|(v, p)| (v.row(b).to_slice().unwrap_or(&[]), p));
-                replicate_statistics(&rows, axis_b)
-            })
-            .collect()
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn run_avx2(
-            per_persona: &[Array2<f32>],
-            axis: Option<(&Array2<f32>, usize)>,
-        ) -> Vec<(f64, f64)> {
-            run(per_persona, axis)
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the features this function is compiled for were just detected.
-            return unsafe { run_avx2(per_persona, axis) };
-        }
-    }
-    run(per_persona, axis)
-}
-
 /// M1 and M2 replicates of every checkpoint; `axis` = (axis checkpoint, base checkpoint, axis
-/// persona) indices, or None when M2 is not computed. Replicates are computed CHUNK at a time:
-/// one matrix product of the chunk's question weights with each persona's rows, then the
-/// persona Gram of each replicate. The axis rows are the axis persona's replicate centroids of
-/// the axis checkpoint minus those of base, taken from those two checkpoints' products (so
-/// they are computed first and kept) rather than recomputed.
+/// persona) indices, or None when M2 is not computed. The replicate centroids are never
+/// formed: `replicate_gram` sums the products of every pair of them directly.
 pub fn bootstrap(
     checkpoints: &[LayerRows],
     personas: usize,
@@ -243,70 +110,13 @@ pub fn bootstrap(
     weights: &Array2<f32>,
     axis: Option<(usize, usize, usize)>,
 ) -> BootstrapReplicates {
-    let replicates = weights.nrows();
-    let hidden = checkpoints.first().map_or(0, |c| c.rows.ncols());
-    let mut m1 = vec![Vec::with_capacity(replicates); checkpoints.len()];
-    let mut m2 = vec![Vec::with_capacity(replicates); if axis.is_some() { checkpoints.len() } else { 0 }];
-    let width = CHUNK.min(replicates);
-    let new_set = || -> Vec<Array2<f32>> { (0..personas).map(|_| Array2::zeros((width, hidden))).collect() };
-    // Two sets of per-persona replicate centroids: with an axis, the axis checkpoint's and
-    // base's stay alive until both have their statistics; otherwise only the first is used.
-    let mut first_set = new_set();
-    let mut second_set = if axis.is_some() { new_set() } else { Vec::new() };
-    let mut scaled = Array2::<f32>::zeros((width, questions));
-    let mut axis_rows = Array2::<f32>::zeros((width, if axis.is_some() { hidden } else { 0 }));
-    for start in (0..replicates).step_by(CHUNK) {
-        let end = (start + CHUNK).min(replicates);
-        let n = end - start;
-        let chunk = weights.slice(s![start..end, ..]);
-        if n != width {
-            // The last, shorter chunk.
-            first_set = (0..personas).map(|_| Array2::zeros((n, hidden))).collect();
-            if axis.is_some() {
-                second_set = (0..personas).map(|_| Array2::zeros((n, hidden))).collect();
-                axis_rows = Array2::zeros((n, hidden));
-            }
-            scaled = Array2::zeros((n, questions));
-        }
-        let fill = |c: usize, set: &mut [Array2<f32>], scaled: &mut Array2<f32>| {
-            for (p, out) in set.iter_mut().enumerate() {
-                persona_replicates_into(&checkpoints[c], p, questions, keep, chunk, scaled, out);
-            }
-        };
-        let mut record = |c: usize, set: &[Array2<f32>], axis: Option<(&Array2<f32>, usize)>| {
-            for (m1_b, m2_b) in chunk_statistics(set, axis) {
-                m1[c].push(m1_b);
-                if axis.is_some() {
-                    m2[c].push(m2_b);
-                }
-            }
-        };
-        match axis {
-            Some((axis_checkpoint, base, persona)) => {
-                fill(axis_checkpoint, &mut first_set, &mut scaled);
-                fill(base, &mut second_set, &mut scaled);
-                axis_rows.assign(&first_set[persona]);
-                axis_rows -= &second_set[persona];
-                // Each checkpoint's replicates go to its own list, so the order in which
-                // checkpoints are computed within a chunk does not matter.
-                record(axis_checkpoint, &first_set, Some((&axis_rows, persona)));
-                if base != axis_checkpoint {
-                    record(base, &second_set, Some((&axis_rows, persona)));
-                }
-                for c in (0..checkpoints.len()).filter(|&c| c != axis_checkpoint && c != base) {
-                    fill(c, &mut first_set, &mut scaled);
-                    record(c, &first_set, Some((&axis_rows, persona)));
-                }
-            }
-            None => {
-                for c in 0..checkpoints.len() {
-                    fill(c, &mut first_set, &mut scaled);
-                    record(c, &first_set, None);
-                }
-            }
-        }
+    let views: Vec<ArrayView2<f32>> = checkpoints.iter().map(|c| c.rows).collect();
+    let statistics =
+        super::replicate_gram::replicate_statistics(&views, personas, questions, keep, weights.view(), axis);
+    BootstrapReplicates {
+        m1: statistics.m1,
+        m2: statistics.m2,
     }
-    BootstrapReplicates { m1, m2 }
 }
 
 /// Question counts of `replicates` bootstrap draws of `questions` questions.
@@ -375,7 +185,7 @@ mod tests {
     #[test]
     fn counts_matrix_bootstrap_equals_resampling_the_questions() {
         use rand::Rng;
-        let (p, q, h, checkpoints, replicates) = (5, 11, 7, 3, CHUNK + 37);
+        let (p, q, h, checkpoints, replicates) = (5, 11, 7, 3, 4 * 48 + 37);
         let mut rng = seeded_rng(9, "values");
         let values: Vec<Vec<f32>> = (0..checkpoints)
             .map(|_| (0..p * q * h).map(|_| rng.gen_range(-1.0f32..1.0)).collect())

@@ -34,6 +34,7 @@ pub mod lda;
 pub mod m3;
 pub mod paired;
 pub mod pca;
+mod replicate_gram;
 pub mod synthetic;
 pub mod timing;
 
