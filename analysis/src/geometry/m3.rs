@@ -21,10 +21,10 @@
 //! one matrix product per fold.
 
 use super::lda::LdaError;
+use super::m3_kernels;
 use super::pca;
 use super::timing;
 use crate::stats::rng::seeded_rng;
-use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, ArrayView2};
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
@@ -40,6 +40,8 @@ pub struct M3Setup {
     test_rows: Vec<Vec<usize>>,
     /// Per fold, the kept rows it trains on.
     train_rows: Vec<Vec<usize>>,
+    /// Per fold, ln(c / n) for every class size c of its n training rows.
+    log_prior: Vec<Vec<f64>>,
 }
 
 impl M3Setup {
@@ -61,6 +63,10 @@ impl M3Setup {
                 }
             }
         }
+        let log_prior = train_rows
+            .iter()
+            .map(|rows| m3_kernels::log_priors(rows.len()))
+            .collect();
         M3Setup {
             personas,
             questions,
@@ -68,6 +74,7 @@ impl M3Setup {
             keep,
             test_rows,
             train_rows,
+            log_prior,
         }
     }
 
@@ -117,7 +124,8 @@ impl M3Setup {
 
 /// One fold of one checkpoint in that fold's own basis.
 struct FoldRows {
-    /// [training row][dimension], rows in `M3Setup::train_rows` order.
+    /// [training row][dimension], rows in `M3Setup::train_rows` order, then one zero row
+    /// (where `GatheredLabels::order` pads a class).
     train: Array2<f32>,
     /// Mean of x x^T over the training rows, row-major [dimension][dimension] (label-free).
     moment: Vec<f64>,
@@ -154,15 +162,7 @@ impl M3Checkpoint {
             pca.power_iterations,
             rng,
         );
-        let per_fold: Vec<Array2<f32>> = bases
-            .iter()
-            .map(|basis| {
-                basis.project(&pca::RowBlock {
-                    rows: rows.view(),
-                    keep: &setup.keep,
-                })
-            })
-            .collect();
+        let per_fold = pca::project_folds(rows, &setup.keep, &bases);
         M3Checkpoint::from_projected(setup, &per_fold)
     }
 
@@ -192,6 +192,10 @@ impl M3Checkpoint {
                 }
                 let n = train.nrows().max(1) as f64;
                 moment.iter_mut().for_each(|v| *v /= n);
+                let mut train = train.into_raw_vec_and_offset().0;
+                train.extend(std::iter::repeat_n(0.0, dimension));
+                let train = Array2::from_shape_vec((setup.train_rows[fold].len() + 1, dimension), train)
+                    .unwrap_or_else(|_| Array2::zeros((1, dimension)));
                 FoldRows {
                     train,
                     moment,
@@ -202,214 +206,266 @@ impl M3Checkpoint {
         M3Checkpoint { dimension, folds }
     }
 
-    /// Held-out correct predictions for each labelling in `batch`: per labelling, the number
-    /// correct per question. The hot loops are compiled twice, for baseline x86-64 and for
-    /// AVX2/FMA, and the second is used where the CPU has it (checked at run time).
+    /// Held-out correct predictions for each labelling in `batch` (at most
+    /// `m3_kernels::WIDTH`): per labelling, the number correct per question. The hot loops
+    /// are compiled for AVX-512, for AVX2/FMA and for the baseline CPU, and the best the CPU
+    /// has is used (checked at run time); all give the same bits.
     pub fn correct_per_question(
         &self,
         setup: &M3Setup,
         batch: &[Vec<u8>],
         shrinkage: f64,
     ) -> Result<Vec<Vec<u32>>, LdaError> {
-        self.correct_gathered(setup, batch, &TrainLabels::of(setup, batch), shrinkage)
+        self.correct_gathered(setup, batch, &GatheredLabels::of(setup, batch), shrinkage)
     }
 
-    /// `correct_per_question` with the training labels already gathered (they are the same
-    /// for every checkpoint of a batch).
+    /// `correct_per_question` with the labels already gathered (they are the same for every
+    /// checkpoint of a batch).
     fn correct_gathered(
         &self,
         setup: &M3Setup,
         batch: &[Vec<u8>],
-        gathered: &TrainLabels,
+        gathered: &GatheredLabels,
         shrinkage: f64,
     ) -> Result<Vec<Vec<u32>>, LdaError> {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                // SAFETY: the features this function is compiled for were just detected.
-                return unsafe { self.correct_avx2(setup, batch, gathered, shrinkage) };
+            #[target_feature(enable = "avx512f")]
+            unsafe fn avx512(
+                c: &M3Checkpoint,
+                setup: &M3Setup,
+                batch: &[Vec<u8>],
+                gathered: &GatheredLabels,
+                shrinkage: f64,
+            ) -> Result<Vec<Vec<u32>>, LdaError> {
+                // SAFETY: called only where AVX-512F was detected.
+                unsafe { c.correct_impl::<m3_kernels::Avx512>(setup, batch, gathered, shrinkage) }
             }
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2(
+                c: &M3Checkpoint,
+                setup: &M3Setup,
+                batch: &[Vec<u8>],
+                gathered: &GatheredLabels,
+                shrinkage: f64,
+            ) -> Result<Vec<Vec<u32>>, LdaError> {
+                // SAFETY: plain code, called only where AVX2 and FMA were detected.
+                unsafe { c.correct_impl::<m3_kernels::Portable<true>>(setup, batch, gathered, shrinkage) }
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the feature was just detected.
+                return unsafe { avx512(self, setup, batch, gathered, shrinkage) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                // SAFETY: the features were just detected.
+                return unsafe { avx2(self, setup, batch, gathered, shrinkage) };
+            }
+            // SAFETY: plain code needs no CPU feature.
+            unsafe { self.correct_impl::<m3_kernels::Portable<false>>(setup, batch, gathered, shrinkage) }
         }
-        self.correct_impl(setup, batch, gathered, shrinkage)
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            // SAFETY: plain code needs no CPU feature.
+            unsafe { self.correct_impl::<m3_kernels::Portable<true>>(setup, batch, gathered, shrinkage) }
+        }
     }
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn correct_avx2(
-        &self,
-        setup: &M3Setup,
-        batch: &[Vec<u8>],
-        gathered: &TrainLabels,
-        shrinkage: f64,
-    ) -> Result<Vec<Vec<u32>>, LdaError> {
-        self.correct_impl(setup, batch, gathered, shrinkage)
-    }
-
+    /// Per fold: the class sums of each labelling, the refits eight labellings at a time,
+    /// then one scoring pass over the held-out rows for the whole batch.
+    ///
+    /// # Safety
+    /// The CPU has the instruction set `K` is compiled for.
     #[inline(always)]
-    fn correct_impl(
+    unsafe fn correct_impl<K: m3_kernels::Scoring>(
         &self,
         setup: &M3Setup,
         batch: &[Vec<u8>],
-        gathered: &TrainLabels,
+        gathered: &GatheredLabels,
         shrinkage: f64,
     ) -> Result<Vec<Vec<u32>>, LdaError> {
+        use m3_kernels::{FitLanes, FoldScores, LANES, WIDTH};
         let (d, classes, nb) = (self.dimension, setup.personas, batch.len());
-        let width = classes * nb;
-        let mut fit = FitScratch::new(d, classes);
+        if nb == 0 {
+            return Ok(Vec::new());
+        }
+        assert!(
+            nb <= WIDTH,
+            "a batch holds at most {WIDTH} labellings, found {nb}"
+        );
+        let mut fit = FitLanes::new(d, classes);
         // Class sums in f32 (a fold's class has at most a few hundred rows), the fit in f64.
         let mut sums = vec![0.0f32; classes * d];
-        let mut sums_f64 = vec![0.0f64; classes * d];
-        let mut counts = vec![0usize; classes];
-        // Coefficients of the whole batch, row-major [dimension][class][labelling], so one
-        // matrix product scores every labelling and the argmax runs across labellings.
-        let mut coef = vec![0.0f32; d * width];
-        let mut intercepts = vec![0.0f32; width];
-        let most_test = setup.test_rows.iter().map(Vec::len).max().unwrap_or(0);
-        let mut scores = vec![0.0f32; most_test * width];
-        let mut correct = vec![vec![0u32; setup.questions]; nb];
+        let mut sums_lanes = vec![[0.0f64; LANES]; classes * d];
+        let mut counts_lanes = vec![[0usize; LANES]; classes];
+        // Coefficients of the whole batch, [dimension][class][labelling], so one pass scores
+        // every labelling and the argmax runs across labellings.
+        let mut coef = vec![0.0f32; d * classes * WIDTH];
+        let mut intercepts = vec![0.0f32; classes * WIDTH];
+        let mut hits = vec![0u32; setup.questions * WIDTH];
         for (fold, rows) in self.folds.iter().enumerate() {
             let train = rows.train.as_slice().ok_or(LdaError::Empty)?;
-            let n_train = setup.train_rows[fold].len();
-            for (b, train_labels) in gathered.folds[fold]
-                .chunks_exact(n_train.max(1))
-                .enumerate()
-                .take(nb)
-            {
-                sums.fill(0.0);
-                counts.fill(0);
-                class_sums(train, d, train_labels, &mut sums, &mut counts);
-                for (a, b) in sums_f64.iter_mut().zip(&sums) {
-                    *a = f64::from(*b);
+            let per_labelling = gathered.steps[fold] * classes;
+            for group in (0..nb).step_by(LANES) {
+                for lane in 0..LANES {
+                    // Lanes past the batch refit its last labelling again (never scored).
+                    let b = (group + lane).min(nb - 1);
+                    let order = &gathered.order[fold][b * per_labelling..(b + 1) * per_labelling];
+                    sums.fill(0.0);
+                    class_sums(train, d, classes, order, &mut sums);
+                    for (slot, v) in sums_lanes.iter_mut().zip(&sums) {
+                        slot[lane] = f64::from(*v);
+                    }
+                    let counts = &gathered.counts[fold][b * classes..(b + 1) * classes];
+                    for (slot, v) in counts_lanes.iter_mut().zip(counts) {
+                        slot[lane] = *v;
+                    }
                 }
-                fit.fit(&rows.moment, &sums_f64, &counts, shrinkage)?;
-                for k in 0..classes {
-                    intercepts[k * nb + b] = fit.intercept[k] as f32;
-                }
-                for (i, coef_row) in coef.chunks_exact_mut(width).enumerate() {
+                fit.fit(
+                    &rows.moment,
+                    &sums_lanes,
+                    &counts_lanes,
+                    &setup.log_prior[fold],
+                    shrinkage,
+                )?;
+                for lane in 0..LANES.min(nb - group) {
+                    let b = group + lane;
                     for k in 0..classes {
-                        coef_row[k * nb + b] = fit.coef[i * classes + k] as f32;
+                        intercepts[k * WIDTH + b] = fit.intercept[k][lane] as f32;
+                        for i in 0..d {
+                            coef[(i * classes + k) * WIDTH + b] = fit.coef[i * classes + k][lane] as f32;
+                        }
                     }
                 }
             }
-            let n_test = rows.test.nrows();
-            let coef_view = ArrayView2::from_shape((d, width), &coef[..]).map_err(|_| LdaError::Empty)?;
-            let mut score_view =
-                ndarray::ArrayViewMut2::from_shape((n_test, width), &mut scores[..n_test * width])
-                    .map_err(|_| LdaError::Empty)?;
-            general_mat_mul(1.0, &rows.test, &coef_view, 0.0, &mut score_view);
-            count_hits(
-                &scores[..n_test * width],
-                &intercepts,
-                &setup.test_rows[fold],
-                batch,
+            let scores = FoldScores {
+                test: rows.test.as_slice().ok_or(LdaError::Empty)?,
+                d,
                 classes,
-                setup.questions,
-                &mut correct,
-            );
+                coef: &coef,
+                intercepts: &intercepts,
+                labels: &gathered.test[fold],
+                questions: &gathered.test_questions[fold],
+            };
+            // SAFETY: forwarded from the caller.
+            unsafe { K::score(&scores, &mut hits) };
         }
-        Ok(correct)
+        Ok((0..nb)
+            .map(|b| (0..setup.questions).map(|q| hits[q * WIDTH + b]).collect())
+            .collect())
     }
 }
 
-/// The labels of every fold's training rows, per labelling of a batch: per fold, row-major
-/// [labelling][training row] (gathered once per batch, shared by the checkpoints).
-pub struct TrainLabels {
-    folds: Vec<Vec<u8>>,
+/// The labels of a batch, gathered once and shared by its checkpoints. Per fold: the training
+/// rows of each class in row order ([labelling][step][class], padded with the index of the
+/// zero row after the training rows, `steps` per labelling) and the class sizes
+/// ([labelling][class]); the test rows' labels ([test row][labelling], `m3_kernels::WIDTH`
+/// wide, 255 past the batch) and each test row's question.
+pub struct GatheredLabels {
+    order: Vec<Vec<u32>>,
+    steps: Vec<usize>,
+    counts: Vec<Vec<usize>>,
+    test: Vec<Vec<u8>>,
+    test_questions: Vec<Vec<usize>>,
 }
 
-impl TrainLabels {
-    pub fn of(setup: &M3Setup, batch: &[Vec<u8>]) -> TrainLabels {
-        let folds = setup
-            .train_rows
+impl GatheredLabels {
+    pub fn of(setup: &M3Setup, batch: &[Vec<u8>]) -> GatheredLabels {
+        use m3_kernels::WIDTH;
+        let classes = setup.personas;
+        let mut order = Vec::with_capacity(setup.folds);
+        let mut steps = Vec::with_capacity(setup.folds);
+        let mut counts = Vec::with_capacity(setup.folds);
+        for rows in &setup.train_rows {
+            let mut sizes = vec![0usize; batch.len() * classes];
+            for (labels, size) in batch.iter().zip(sizes.chunks_exact_mut(classes.max(1))) {
+                for &r in rows {
+                    size[usize::from(labels[r])] += 1;
+                }
+            }
+            let fold_steps = sizes.iter().copied().max().unwrap_or(0);
+            let zero_row = rows.len() as u32;
+            let mut fold_order = vec![zero_row; batch.len() * fold_steps * classes];
+            let mut next = vec![0usize; classes];
+            for (b, labels) in batch.iter().enumerate() {
+                next.fill(0);
+                let block = &mut fold_order[b * fold_steps * classes..(b + 1) * fold_steps * classes];
+                for (position, &r) in rows.iter().enumerate() {
+                    let k = usize::from(labels[r]);
+                    block[next[k] * classes + k] = position as u32;
+                    next[k] += 1;
+                }
+            }
+            order.push(fold_order);
+            steps.push(fold_steps);
+            counts.push(sizes);
+        }
+        let test = setup
+            .test_rows
             .iter()
             .map(|rows| {
-                batch
-                    .iter()
-                    .flat_map(|labels| rows.iter().map(move |&r| labels[r]))
-                    .collect()
+                let mut out = vec![u8::MAX; rows.len() * WIDTH];
+                for (i, &r) in rows.iter().enumerate() {
+                    for (b, labels) in batch.iter().enumerate().take(WIDTH) {
+                        out[i * WIDTH + b] = labels[r];
+                    }
+                }
+                out
             })
             .collect();
-        TrainLabels { folds }
+        let test_questions = setup
+            .test_rows
+            .iter()
+            .map(|rows| rows.iter().map(|r| r % setup.questions).collect())
+            .collect();
+        GatheredLabels {
+            order,
+            steps,
+            counts,
+            test,
+            test_questions,
+        }
     }
 }
 
-/// Sums the rows (row-major, `d` wide) by label into `sums` (row-major [class][d]) and counts
-/// them. Rows are a few dozen floats: for the usual widths the row length is a compile-time
-/// constant, so the adds are straight vector instructions without per-row loop setup.
+/// Sums the training rows (row-major, `d` wide) of every class into `sums` ([class][d], zero
+/// on entry), each class's rows in row order: `order` is [step][class], the step-th row of
+/// each class, and a zero row past a class's last one (a sum that starts at +0 never becomes
+/// -0, so adding +0 leaves its bits alone). The class sums stay in registers for the usual
+/// widths (no store has to reach the next add of the same class through memory).
 #[inline(always)]
-fn class_sums(rows: &[f32], d: usize, labels: &[u8], sums: &mut [f32], counts: &mut [usize]) {
+fn class_sums(rows: &[f32], d: usize, classes: usize, order: &[u32], sums: &mut [f32]) {
     #[inline(always)]
-    fn fixed<const D: usize>(rows: &[f32], labels: &[u8], sums: &mut [f32], counts: &mut [usize]) {
-        for (x, &label) in rows.chunks_exact(D).zip(labels) {
-            let label = label as usize;
-            counts[label] += 1;
-            if let (Ok(sum), Ok(x)) = (
-                <&mut [f32; D]>::try_from(&mut sums[label * D..(label + 1) * D]),
-                <&[f32; D]>::try_from(x),
-            ) {
-                for l in 0..D {
-                    sum[l] += x[l];
+    fn fixed<const D: usize, const C: usize>(rows: &[f32], order: &[u32], sums: &mut [f32]) {
+        let mut acc = [[0.0f32; D]; C];
+        for step in order.chunks_exact(C) {
+            for (a, &r) in acc.iter_mut().zip(step) {
+                let r = r as usize;
+                if let Ok(x) = <&[f32; D]>::try_from(&rows[r * D..(r + 1) * D]) {
+                    for l in 0..D {
+                        a[l] += x[l];
+                    }
                 }
             }
         }
+        for (s, a) in sums.chunks_exact_mut(D).zip(&acc) {
+            s.copy_from_slice(a);
+        }
     }
-    match d {
-        8 => fixed::<8>(rows, labels, sums, counts),
-        12 => fixed::<12>(rows, labels, sums, counts),
-        16 => fixed::<16>(rows, labels, sums, counts),
-        24 => fixed::<24>(rows, labels, sums, counts),
-        32 => fixed::<32>(rows, labels, sums, counts),
+    match (d, classes) {
+        (8, 12) => fixed::<8, 12>(rows, order, sums),
+        (12, 12) => fixed::<12, 12>(rows, order, sums),
+        (16, 12) => fixed::<16, 12>(rows, order, sums),
+        (24, 12) => fixed::<24, 12>(rows, order, sums),
+        (32, 12) => fixed::<32, 12>(rows, order, sums),
         _ => {
-            for (x, &label) in rows.chunks_exact(d).zip(labels) {
-                let label = label as usize;
-                counts[label] += 1;
-                for (s, v) in sums[label * d..(label + 1) * d].iter_mut().zip(x) {
-                    *s += *v;
+            for step in order.chunks_exact(classes.max(1)) {
+                for (k, &r) in step.iter().enumerate() {
+                    let r = r as usize;
+                    for (s, v) in sums[k * d..(k + 1) * d].iter_mut().zip(&rows[r * d..(r + 1) * d]) {
+                        *s += *v;
+                    }
                 }
             }
-        }
-    }
-}
-
-/// Adds, per labelling, the test rows predicted correctly: the prediction is the argmax over
-/// classes of score + intercept, the first of equal maxima (numpy's rule), run across the
-/// labellings at once. `scores` is row-major [test row][class][labelling].
-#[inline(always)]
-fn count_hits(
-    scores: &[f32],
-    intercepts: &[f32],
-    test_rows: &[usize],
-    batch: &[Vec<u8>],
-    classes: usize,
-    questions: usize,
-    correct: &mut [Vec<u32>],
-) {
-    let nb = batch.len();
-    let mut best = vec![0.0f32; nb];
-    let mut arg = vec![0u32; nb];
-    for (raw, &row) in scores.chunks_exact(classes * nb).zip(test_rows) {
-        for ((b, s), i) in best.iter_mut().zip(&raw[..nb]).zip(&intercepts[..nb]) {
-            *b = s + i;
-        }
-        arg.fill(0);
-        for k in 1..classes {
-            let span = k * nb..(k + 1) * nb;
-            let kk = k as u32;
-            for (((b, a), s), i) in best
-                .iter_mut()
-                .zip(arg.iter_mut())
-                .zip(&raw[span.clone()])
-                .zip(&intercepts[span])
-            {
-                let v = s + i;
-                let better = v > *b;
-                *b = if better { v } else { *b };
-                *a = if better { kk } else { *a };
-            }
-        }
-        let question = row % questions;
-        for ((counts, labels), a) in correct.iter_mut().zip(batch).zip(&arg) {
-            counts[question] += u32::from(u32::from(labels[row]) == *a);
         }
     }
 }
@@ -623,7 +679,7 @@ pub fn run(
         .map(|c| c.iter().sum::<u32>() as f64 / f64::from(total.max(1)))
         .collect();
     let observed_cpu_seconds = timing::since(clock);
-    const BATCH: usize = 64;
+    const BATCH: usize = m3_kernels::WIDTH;
     let batches: Vec<usize> = (0..permutations.div_ceil(BATCH)).collect();
     let null_batches: Vec<(Vec<Vec<f64>>, Option<f64>)> = batches
         .par_iter()
@@ -635,7 +691,7 @@ pub fn run(
                 .map(|i| setup.shuffled_labels(&mut seeded_rng(seed, &format!("{stream}/{i}"))))
                 .collect();
             let mut per_permutation = vec![Vec::with_capacity(checkpoints.len()); labels.len()];
-            let gathered = TrainLabels::of(setup, &labels);
+            let gathered = GatheredLabels::of(setup, &labels);
             for c in checkpoints {
                 let correct = c.correct_gathered(setup, &labels, &gathered, shrinkage)?;
                 for (slot, per_question) in per_permutation.iter_mut().zip(correct) {

@@ -32,6 +32,7 @@ pub mod activations;
 pub mod centroids;
 pub mod lda;
 pub mod m3;
+mod m3_kernels;
 pub mod paired;
 pub mod pca;
 mod replicate_gram;

@@ -170,7 +170,11 @@ fn symmetric_eigen(mut a: Array2<f64>) -> (Vec<f64>, Array2<f64>) {
 
 /// One basis per fold: the top `components` principal directions of the rows `train[fold]`
 /// marks, centred on their own mean. The random test matrix and its product with every row
-/// are shared by the folds (the product with a fold's rows is a subset of it).
+/// are shared by the folds (the product with a fold's rows is a subset of it). The folds run
+/// in lockstep so that each product with the rows is one matrix product for all folds side by
+/// side: the rows are packed once instead of once per fold, and each fold's columns get the
+/// bits of their own product (the product's arithmetic per element does not depend on the
+/// other columns).
 pub fn fold_bases(
     rows: ArrayView2<f32>,
     train: &[Vec<bool>],
@@ -182,26 +186,129 @@ pub fn fold_bases(
     let width = (components + 8).min(hidden);
     let omega = Array2::from_shape_fn((hidden, width), |_| if rng.gen::<bool>() { 1.0f32 } else { -1.0 });
     let sketch = rows.dot(&omega);
-    train
+    let means: Vec<Array1<f32>> = train
         .iter()
         .map(|keep| {
-            let block = [RowBlock {
+            mean_of(&[RowBlock {
                 rows: rows.view(),
                 keep,
-            }];
-            let mean = mean_of(&block);
+            }])
+        })
+        .collect();
+    let mut ys: Vec<Array2<f32>> = train
+        .iter()
+        .zip(&means)
+        .map(|(keep, mean)| {
             let shift = mean.dot(&omega);
             let mut y = sketch.clone();
-            for (mut row, &k) in y.axis_iter_mut(Axis(0)).zip(keep.iter()) {
-                if k {
-                    row -= &shift;
-                } else {
-                    row.fill(0.0);
-                }
+            mask_and_shift(&mut y, keep, &shift);
+            orthonormalize_columns(&mut y);
+            y
+        })
+        .collect();
+    for _ in 0..power_iterations {
+        let mut zs = transpose_times_folds(rows, &means, &ys);
+        zs.iter_mut().for_each(orthonormalize_columns);
+        ys = times_folds(rows, train, &means, &zs);
+        ys.iter_mut().for_each(orthonormalize_columns);
+    }
+    let bts = transpose_times_folds(rows, &means, &ys);
+    bts.into_iter()
+        .zip(means)
+        .map(|(bt, mean)| Basis {
+            mean,
+            directions: ordered_directions(&bt, components.min(width)),
+        })
+        .collect()
+}
+
+/// Each fold's coordinates of the kept rows (others zero), as `Basis::project` of every fold,
+/// from one product with the rows.
+pub fn project_folds(rows: ArrayView2<f32>, keep: &[bool], bases: &[Basis]) -> Vec<Array2<f32>> {
+    let directions: Vec<_> = bases.iter().map(|b| b.directions.view()).collect();
+    let Ok(stacked) = ndarray::concatenate(Axis(1), &directions) else {
+        return Vec::new();
+    };
+    let all = rows.dot(&stacked);
+    let mut start = 0;
+    bases
+        .iter()
+        .map(|basis| {
+            let n = basis.directions.ncols();
+            let mut out = all.slice(s![.., start..start + n]).to_owned();
+            start += n;
+            mask_and_shift(&mut out, keep, &basis.mean.dot(&basis.directions));
+            out
+        })
+        .collect()
+}
+
+/// Subtracts `shift` from the kept rows and zeroes the others.
+fn mask_and_shift(y: &mut Array2<f32>, keep: &[bool], shift: &Array1<f32>) {
+    for (mut row, &k) in y.axis_iter_mut(Axis(0)).zip(keep) {
+        if k {
+            row -= shift;
+        } else {
+            row.fill(0.0);
+        }
+    }
+}
+
+/// `centred_transpose_times` of every fold (its own mean and its left matrix, zero on the rows
+/// it does not train on) from one product with the rows.
+fn transpose_times_folds(
+    rows: ArrayView2<f32>,
+    means: &[Array1<f32>],
+    lefts: &[Array2<f32>],
+) -> Vec<Array2<f32>> {
+    let views: Vec<_> = lefts.iter().map(|l| l.view()).collect();
+    let Ok(stacked) = ndarray::concatenate(Axis(1), &views) else {
+        return Vec::new();
+    };
+    let mut all = Array2::<f32>::zeros((rows.ncols(), stacked.ncols()));
+    general_mat_mul(1.0, &rows.t(), &stacked, 1.0, &mut all);
+    let mut start = 0;
+    lefts
+        .iter()
+        .zip(means)
+        .map(|(left, mean)| {
+            let n = left.ncols();
+            let mut out = all.slice(s![.., start..start + n]).to_owned();
+            start += n;
+            let mut column_sums = Array1::<f32>::zeros(n);
+            column_sums += &left.sum_axis(Axis(0));
+            for (mut row, m) in out.axis_iter_mut(Axis(0)).zip(mean.iter()) {
+                row.scaled_add(-*m, &column_sums);
             }
-            let mut y = vec![y];
-            stack_orthonormalize(&mut y);
-            finish_basis(&block, mean, y, components, power_iterations)
+            out
+        })
+        .collect()
+}
+
+/// `centred_times` of every fold (its own mean, right matrix and training rows) from one
+/// product with the rows.
+fn times_folds(
+    rows: ArrayView2<f32>,
+    train: &[Vec<bool>],
+    means: &[Array1<f32>],
+    rights: &[Array2<f32>],
+) -> Vec<Array2<f32>> {
+    let views: Vec<_> = rights.iter().map(|r| r.view()).collect();
+    let Ok(stacked) = ndarray::concatenate(Axis(1), &views) else {
+        return Vec::new();
+    };
+    let all = rows.dot(&stacked);
+    let mut start = 0;
+    rights
+        .iter()
+        .zip(means)
+        .zip(train)
+        .map(|((right, mean), keep)| {
+            let n = right.ncols();
+            let mut y = all.slice(s![.., start..start + n]).to_owned();
+            start += n;
+            mask_and_shift(&mut y, keep, &mean.dot(right));
+            y
         })
         .collect()
 }
@@ -238,16 +345,22 @@ fn finish_basis(
         y = centred_times(blocks, &mean, &z);
         stack_orthonormalize(&mut y);
     }
-    // B^T = (X - mean)^T Y spans the top right singular vectors; rotate by the eigenvectors
-    // of B B^T to order them by variance.
     let bt = centred_transpose_times(blocks, &mean, &y);
+    Basis {
+        mean,
+        directions: ordered_directions(&bt, components.min(width)),
+    }
+}
+
+/// B^T = (X - mean)^T Y spans the top right singular vectors; rotated by the eigenvectors of
+/// B B^T, its first `keep` columns (orthonormalised) are the directions ordered by variance.
+fn ordered_directions(bt: &Array2<f32>, keep: usize) -> Array2<f32> {
     let gram = bt.t().mapv(f64::from).dot(&bt.mapv(f64::from));
     let (_, vectors) = symmetric_eigen(gram);
-    let keep = components.min(width);
     let rotation = vectors.slice(s![.., ..keep]).mapv(|v| v as f32);
     let mut directions = bt.dot(&rotation);
     orthonormalize_columns(&mut directions);
-    Basis { mean, directions }
+    directions
 }
 
 /// The top `components` principal directions of the kept rows of all blocks.
