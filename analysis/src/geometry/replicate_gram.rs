@@ -24,8 +24,9 @@
 
 use ndarray::ArrayView2;
 
-/// Replicates per micro-tile: three vectors of 16 f32 lanes, one lane per replicate.
-const MR: usize = 48;
+/// Replicates per micro-tile: V vectors of 16 f32 lanes, one lane per replicate.
+const V: usize = 3;
+const MR: usize = 16 * V;
 /// Hidden columns per micro-tile.
 const NR: usize = 8;
 /// Floats in one micro-tile of replicate centroids, column-major ([column][replicate]).
@@ -33,8 +34,6 @@ const TILE: usize = NR * MR;
 /// Column tiles whose products are summed in f32 before they are added into f64 (128
 /// columns: each f32 lane sums at most 128 products).
 const GROUP: usize = 16;
-/// Replicate blocks that share one pass over a checkpoint's packed rows.
-const SUPER: usize = 2;
 
 /// Rows of `blocks` blocks of `questions` rows each (a checkpoint's personas, or the one
 /// block of axis differences), tile-major for the kernel: [tile][block][question][NR], with
@@ -223,29 +222,26 @@ impl Kernel for Avx512 {
     unsafe fn tile(questions: usize, weights: &[f32], rows: &[f32], out: &mut [f32]) {
         use std::arch::x86_64::*;
         assert!(weights.len() >= questions * MR && rows.len() >= questions * NR && out.len() >= TILE);
-        let mut acc = [[_mm512_setzero_ps(); 3]; NR];
+        let mut acc = [[_mm512_setzero_ps(); V]; NR];
         let (w, x) = (weights.as_ptr(), rows.as_ptr());
         for k in 0..questions {
-            // SAFETY: k < questions, and the lengths were checked above.
-            let (w0, w1, w2) = unsafe {
-                (
-                    _mm512_loadu_ps(w.add(k * MR)),
-                    _mm512_loadu_ps(w.add(k * MR + 16)),
-                    _mm512_loadu_ps(w.add(k * MR + 32)),
-                )
-            };
+            let mut w_k = [_mm512_setzero_ps(); V];
+            for (v, w_v) in w_k.iter_mut().enumerate() {
+                // SAFETY: k < questions, and the lengths were checked above.
+                *w_v = unsafe { _mm512_loadu_ps(w.add(k * MR + 16 * v)) };
+            }
             for (j, acc_j) in acc.iter_mut().enumerate() {
                 // SAFETY: as above.
                 let x_j = _mm512_set1_ps(unsafe { *x.add(k * NR + j) });
-                acc_j[0] = _mm512_fmadd_ps(w0, x_j, acc_j[0]);
-                acc_j[1] = _mm512_fmadd_ps(w1, x_j, acc_j[1]);
-                acc_j[2] = _mm512_fmadd_ps(w2, x_j, acc_j[2]);
+                for (a, w_v) in acc_j.iter_mut().zip(&w_k) {
+                    *a = _mm512_fmadd_ps(*w_v, x_j, *a);
+                }
             }
         }
         for (j, acc_j) in acc.iter().enumerate() {
-            for (s, a) in acc_j.iter().enumerate() {
-                // SAFETY: j * MR + 16 * s + 16 <= TILE <= out.len().
-                unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(j * MR + 16 * s), *a) };
+            for (v, a) in acc_j.iter().enumerate() {
+                // SAFETY: j * MR + 16 * v + 16 <= TILE <= out.len().
+                unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(j * MR + 16 * v), *a) };
             }
         }
     }
@@ -259,11 +255,10 @@ impl Kernel for Avx512 {
             let (pu, pv, ps) = (tu.as_ptr(), tv.as_ptr(), sums.as_mut_ptr());
             // SAFETY: tu and tv hold TILE floats and sums MR (slices checked by indexing).
             unsafe {
-                let mut s = [
-                    _mm512_loadu_ps(ps),
-                    _mm512_loadu_ps(ps.add(16)),
-                    _mm512_loadu_ps(ps.add(32)),
-                ];
+                let mut s = [_mm512_setzero_ps(); V];
+                for (l, s_l) in s.iter_mut().enumerate() {
+                    *s_l = _mm512_loadu_ps(ps.add(16 * l));
+                }
                 for j in 0..NR {
                     for (l, s_l) in s.iter_mut().enumerate() {
                         let at = j * MR + 16 * l;
@@ -308,7 +303,9 @@ unsafe fn axis_tiles<K: Kernel>(weights: &PackedWeights, axis: &PackedRows) -> V
 
 /// Every replicate's pair sums of one checkpoint, [replicate block * MR + lane][pair], f64.
 /// Slots are the checkpoint's personas, then the axis when `axis` ([block][tile][NR][MR])
-/// is given.
+/// is given. Column groups are the outer loop: a group's packed rows (GROUP tiles of every
+/// persona, 1.5 MB at full size) stay in cache while every replicate block passes over them,
+/// so the rows come from memory once per checkpoint instead of once per replicate block.
 #[inline(always)]
 unsafe fn checkpoint_sums<K: Kernel>(
     weights: &PackedWeights,
@@ -319,46 +316,46 @@ unsafe fn checkpoint_sums<K: Kernel>(
     let personas = rows.blocks;
     let slots = personas + usize::from(axis.is_some());
     let n_pairs = pairs.len();
-    let mut out = vec![0.0f64; weights.blocks * MR * n_pairs];
-    let mut tiles = vec![0.0f32; SUPER * slots * TILE];
-    let mut partial = vec![0.0f32; SUPER * n_pairs * MR];
-    let mut total = vec![0.0f64; SUPER * n_pairs * MR];
-    for first in (0..weights.blocks).step_by(SUPER) {
-        let count = (weights.blocks - first).min(SUPER);
-        partial.fill(0.0);
-        total.fill(0.0);
-        for t in 0..rows.tiles {
-            for p in 0..personas {
-                let x = rows.tile(t, p);
-                for m in 0..count {
-                    let out = &mut tiles[(m * slots + p) * TILE..(m * slots + p + 1) * TILE];
+    let block_len = n_pairs * MR;
+    // [block][pair][lane]
+    let mut total = vec![0.0f64; weights.blocks * block_len];
+    let mut tiles = vec![0.0f32; slots * TILE];
+    let mut partial = vec![0.0f32; block_len];
+    for group in (0..rows.tiles).step_by(GROUP) {
+        let group_tiles = group..(group + GROUP).min(rows.tiles);
+        for (block, total) in total.chunks_exact_mut(block_len.max(1)).enumerate() {
+            let w = weights.block(block);
+            partial.fill(0.0);
+            for t in group_tiles.clone() {
+                for p in 0..personas {
                     // SAFETY: forwarded from the caller.
-                    unsafe { K::tile(rows.questions, weights.block(first + m), x, out) };
+                    unsafe {
+                        K::tile(
+                            rows.questions,
+                            w,
+                            rows.tile(t, p),
+                            &mut tiles[p * TILE..(p + 1) * TILE],
+                        )
+                    };
                 }
-            }
-            for m in 0..count {
-                let set = &mut tiles[m * slots * TILE..(m + 1) * slots * TILE];
                 if let Some(axis) = axis {
-                    let at = ((first + m) * rows.tiles + t) * TILE;
-                    set[personas * TILE..].copy_from_slice(&axis[at..at + TILE]);
+                    let at = (block * rows.tiles + t) * TILE;
+                    tiles[personas * TILE..].copy_from_slice(&axis[at..at + TILE]);
                 }
                 // SAFETY: forwarded from the caller.
-                unsafe { K::pairs(pairs, set, &mut partial[m * n_pairs * MR..(m + 1) * n_pairs * MR]) };
+                unsafe { K::pairs(pairs, &tiles, &mut partial) };
             }
-            if (t + 1) % GROUP == 0 || t + 1 == rows.tiles {
-                for (s, p) in total.iter_mut().zip(partial.iter_mut()) {
-                    *s += f64::from(*p);
-                    *p = 0.0;
-                }
+            for (s, p) in total.iter_mut().zip(&partial) {
+                *s += f64::from(*p);
             }
         }
-        // [m][pair][lane] -> [replicate][pair]
-        for m in 0..count {
-            for pair in 0..n_pairs {
-                for lane in 0..MR {
-                    let replicate = (first + m) * MR + lane;
-                    out[replicate * n_pairs + pair] = total[(m * n_pairs + pair) * MR + lane];
-                }
+    }
+    // [block][pair][lane] -> [replicate][pair]
+    let mut out = vec![0.0f64; weights.blocks * MR * n_pairs];
+    for (block, sums) in total.chunks_exact(block_len.max(1)).enumerate() {
+        for (pair, lanes) in sums.chunks_exact(MR).enumerate() {
+            for (lane, v) in lanes.iter().enumerate() {
+                out[(block * MR + lane) * n_pairs + pair] = *v;
             }
         }
     }
@@ -606,7 +603,7 @@ mod tests {
     #[test]
     fn fused_pair_sums_equal_the_cosines_of_the_weighted_centroids() {
         let hidden = GROUP * NR * 2 + 5;
-        let replicates = SUPER * MR + 7;
+        let replicates = 2 * MR + 7;
         let c = case(hidden, replicates);
         let axis = (2, 0, 1);
         let fast = replicate_statistics(
