@@ -418,6 +418,13 @@ fn analyze_layer(
     })
 }
 
+/// The geometry family a comparison's cells go to.
+enum Family {
+    EmPrePost,
+    EmVsBenign,
+    BenignPrePost,
+}
+
 /// A paired comparison of checkpoint `after` against `before` in one layer outcome.
 struct Comparison<'a> {
     outcome: &'a LayerOutcome,
@@ -580,6 +587,7 @@ pub fn compute(input: &GeometryInput, config: &GeometryConfig) -> Result<Geometr
         .collect::<Result<_, _>>()?;
     let cells_clock = timing::thread_cpu_seconds();
     let benign_index = input.benign.as_ref().map(|_| names.len() - 1);
+    let mut pending: Vec<(Family, Comparison)> = Vec::new();
     let mut em_pre_post = Vec::new();
     let mut benign_pre_post = Vec::new();
     let mut em_vs_benign = Vec::new();
@@ -623,50 +631,63 @@ pub fn compute(input: &GeometryInput, config: &GeometryConfig) -> Result<Geometr
                 .or_default()
                 .insert(name.clone(), o.shift_from_base[ci]);
         }
-        let mut push = |family: &mut Vec<CellTest>, family_name: &str, comparison: Comparison| {
-            for (cell, details) in cells_of(&comparison, config) {
-                cell_details.insert(format!("{family_name}/{}", cell.id), details);
-                family.push(cell);
-            }
-        };
         for (k, condition) in input.conditions.iter().enumerate() {
-            push(
-                &mut em_pre_post,
-                crate::families::GEOMETRY_EM_PRE_POST,
+            pending.push((
+                Family::EmPrePost,
                 Comparison {
                     outcome: o,
                     after: 1 + k,
                     before: 0,
                     condition,
                 },
-            );
+            ));
             if let Some(b) = benign_index {
-                push(
-                    &mut em_vs_benign,
-                    crate::families::GEOMETRY_EM_VS_BENIGN,
+                pending.push((
+                    Family::EmVsBenign,
                     Comparison {
                         outcome: o,
                         after: 1 + k,
                         before: b,
                         condition,
                     },
-                );
+                ));
             }
         }
         if let (Some(b), Some(benign)) = (benign_index, &input.benign) {
-            push(
-                &mut benign_pre_post,
-                crate::families::GEOMETRY_BENIGN_PRE_POST,
+            pending.push((
+                Family::BenignPrePost,
                 Comparison {
                     outcome: o,
                     after: b,
                     before: 0,
                     condition: benign,
                 },
-            );
+            ));
         }
     }
-    let cells_cpu_seconds = timing::since(cells_clock);
+    // Every cell's tests draw from their own named streams, so they run in parallel and are
+    // put in their families in the order above.
+    let computed: Vec<(Vec<(CellTest, serde_json::Value)>, Option<f64>)> = pending
+        .par_iter()
+        .map(|(_, comparison)| {
+            let clock = timing::thread_cpu_seconds();
+            let cells = cells_of(comparison, config);
+            (cells, timing::since(clock))
+        })
+        .collect();
+    let mut cells_cpu_seconds = timing::since(cells_clock);
+    for ((family, _), (cells, seconds)) in pending.iter().zip(computed) {
+        cells_cpu_seconds = cells_cpu_seconds.zip(seconds).map(|(a, b)| a + b);
+        let (list, name) = match family {
+            Family::EmPrePost => (&mut em_pre_post, crate::families::GEOMETRY_EM_PRE_POST),
+            Family::EmVsBenign => (&mut em_vs_benign, crate::families::GEOMETRY_EM_VS_BENIGN),
+            Family::BenignPrePost => (&mut benign_pre_post, crate::families::GEOMETRY_BENIGN_PRE_POST),
+        };
+        for (cell, details) in cells {
+            cell_details.insert(format!("{name}/{}", cell.id), details);
+            list.push(cell);
+        }
+    }
     let first = &input.methods[0].checkpoints[0];
     let summary = GeometrySummary {
         design: Some(GeometryDesign {
