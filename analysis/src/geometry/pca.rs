@@ -43,26 +43,34 @@ impl Basis {
 
 fn orthonormalize_columns(m: &mut Array2<f32>) {
     let columns = m.ncols();
+    let Some(data) = m.as_slice_mut() else {
+        let mut standard = m.as_standard_layout().to_owned();
+        orthonormalize_columns(&mut standard);
+        m.assign(&standard);
+        return;
+    };
+    // Modified Gram-Schmidt, walking the rows of the row-major matrix (no column copies).
     for j in 0..columns {
         for i in 0..j {
-            let dot: f64 = m
-                .column(i)
-                .iter()
-                .zip(m.column(j).iter())
-                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+            let dot: f64 = data
+                .chunks_exact(columns)
+                .map(|r| f64::from(r[i]) * f64::from(r[j]))
                 .sum();
-            let projection = m.column(i).to_owned() * dot as f32;
-            let mut cj = m.column_mut(j);
-            cj -= &projection;
+            let dot = dot as f32;
+            for r in data.chunks_exact_mut(columns) {
+                let projection = r[i] * dot;
+                r[j] -= projection;
+            }
         }
-        let norm: f64 = m
-            .column(j)
-            .iter()
-            .map(|v| f64::from(*v).powi(2))
+        let norm: f64 = data
+            .chunks_exact(columns)
+            .map(|r| f64::from(r[j]).powi(2))
             .sum::<f64>()
             .sqrt();
         let scale = if norm > 0.0 { (1.0 / norm) as f32 } else { 0.0 };
-        m.column_mut(j).mapv_inplace(|v| v * scale);
+        for r in data.chunks_exact_mut(columns) {
+            r[j] *= scale;
+        }
     }
 }
 
@@ -186,15 +194,7 @@ pub fn fold_bases(
     let width = (components + 8).min(hidden);
     let omega = Array2::from_shape_fn((hidden, width), |_| if rng.gen::<bool>() { 1.0f32 } else { -1.0 });
     let sketch = rows.dot(&omega);
-    let means: Vec<Array1<f32>> = train
-        .iter()
-        .map(|keep| {
-            mean_of(&[RowBlock {
-                rows: rows.view(),
-                keep,
-            }])
-        })
-        .collect();
+    let means = fold_means(rows, train);
     let mut ys: Vec<Array2<f32>> = train
         .iter()
         .zip(&means)
@@ -310,6 +310,26 @@ fn times_folds(
             mask_and_shift(&mut y, keep, &mean.dot(right));
             y
         })
+        .collect()
+}
+
+/// `mean_of` each fold's training rows, in one pass over the rows (each fold's sum adds its
+/// rows in row order, as `mean_of` does).
+fn fold_means(rows: ArrayView2<f32>, train: &[Vec<bool>]) -> Vec<Array1<f32>> {
+    let hidden = rows.ncols();
+    let mut sums = vec![Array1::<f64>::zeros(hidden); train.len()];
+    let mut counts = vec![0usize; train.len()];
+    for (r, row) in rows.axis_iter(Axis(0)).enumerate() {
+        for ((sum, count), keep) in sums.iter_mut().zip(&mut counts).zip(train) {
+            if keep[r] {
+                *count += 1;
+                sum.zip_mut_with(&row, |s, &x| *s += f64::from(x));
+            }
+        }
+    }
+    sums.into_iter()
+        .zip(counts)
+        .map(|(sum, count)| sum.mapv(|s| (s / count.max(1) as f64) as f32))
         .collect()
 }
 

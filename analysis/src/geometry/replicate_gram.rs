@@ -62,34 +62,55 @@ impl PackedRows {
         &self.data[start..start + len]
     }
 
-    /// Writes one row (`value(j)` for every column j) as row `question` of `block`.
-    fn set_row(&mut self, block: usize, question: usize, hidden: usize, value: impl Fn(usize) -> f32) {
+    /// Writes one row (`value(j)` for every column j, zeros where `value` is None) as row
+    /// `question` of `block`.
+    fn set_row(
+        &mut self,
+        block: usize,
+        question: usize,
+        hidden: usize,
+        value: Option<impl Fn(usize) -> f32>,
+    ) {
         let len = self.questions * NR;
         for tile in 0..self.tiles {
             let start = (tile * self.blocks + block) * len + question * NR;
-            for (j, slot) in self.data[start..start + NR].iter_mut().enumerate() {
-                let column = tile * NR + j;
-                if column < hidden {
-                    *slot = value(column);
+            let slots = &mut self.data[start..start + NR];
+            match &value {
+                Some(value) if (tile + 1) * NR <= hidden => {
+                    for (j, slot) in slots.iter_mut().enumerate() {
+                        *slot = value(tile * NR + j);
+                    }
                 }
+                Some(value) => {
+                    for (j, slot) in slots.iter_mut().enumerate() {
+                        let column = tile * NR + j;
+                        *slot = if column < hidden { value(column) } else { 0.0 };
+                    }
+                }
+                None => slots.fill(0.0),
             }
         }
     }
 
-    /// Every persona block of a checkpoint's rows ([persona * questions + question][hidden]).
-    fn personas(rows: ArrayView2<f32>, personas: usize, questions: usize, keep: &[bool]) -> PackedRows {
+    /// Packs every persona block of a checkpoint's rows ([persona * questions + question]
+    /// [hidden]) into this buffer (of the same shape), so one allocation serves every
+    /// checkpoint of a job.
+    fn fill_personas(&mut self, rows: ArrayView2<f32>, keep: &[bool]) {
         let hidden = rows.ncols();
-        let mut packed = PackedRows::new(personas, questions, hidden);
-        for p in 0..personas {
-            for q in 0..questions {
-                let row = p * questions + q;
+        for p in 0..self.blocks {
+            for q in 0..self.questions {
+                let row = p * self.questions + q;
                 if keep[row] {
                     let x = rows.row(row);
-                    packed.set_row(p, q, hidden, |j| x[j]);
+                    match x.as_slice() {
+                        Some(x) => self.set_row(p, q, hidden, Some(|j: usize| x[j])),
+                        None => self.set_row(p, q, hidden, Some(|j: usize| x[j])),
+                    }
+                } else {
+                    self.set_row(p, q, hidden, None::<fn(usize) -> f32>);
                 }
             }
         }
-        packed
     }
 
     /// The one block of axis differences: persona `persona`'s rows of `after` minus `before`.
@@ -106,7 +127,7 @@ impl PackedRows {
             let row = persona * questions + q;
             if keep[row] {
                 let (a, b) = (after.row(row), before.row(row));
-                packed.set_row(0, q, hidden, |j| a[j] - b[j]);
+                packed.set_row(0, q, hidden, Some(|j: usize| a[j] - b[j]));
             }
         }
         packed
@@ -392,8 +413,9 @@ unsafe fn run<K: Kernel>(
     let n_pairs = pairs.len();
     let mut m1 = Vec::with_capacity(checkpoints.len());
     let mut m2 = Vec::new();
+    let mut packed = PackedRows::new(personas, questions, checkpoints.first().map_or(0, |c| c.ncols()));
     for rows in checkpoints {
-        let packed = PackedRows::personas(*rows, personas, questions, keep);
+        packed.fill_personas(*rows, keep);
         // SAFETY: forwarded from the caller.
         let sums = unsafe {
             checkpoint_sums::<K>(
