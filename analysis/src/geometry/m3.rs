@@ -764,6 +764,46 @@ mod tests {
         );
     }
 
+    /// Class sums from the per-class row lists against adding every training row to its
+    /// label's sum in row order: the same bits, for every labelling, fold and width (the
+    /// register path at 12 classes x 16 and the general one), with rows left out.
+    #[test]
+    fn class_sums_from_row_lists_equal_the_label_scatter() {
+        for (p, d) in [(12, 16), (5, 3)] {
+            let q = 23;
+            let mut keep = vec![true; p * q];
+            keep[q + 4] = false;
+            keep[3 * q + 9] = false;
+            let setup = M3Setup::new(p, q, 5, keep);
+            let rows = toy(p, q, d, 1.0, 4);
+            let checkpoint = M3Checkpoint::without_pca(&setup, rows);
+            let batch: Vec<Vec<u8>> = (0..3)
+                .map(|i| setup.shuffled_labels(&mut seeded_rng(2, &format!("lists/{i}"))))
+                .collect();
+            let gathered = GatheredLabels::of(&setup, &batch);
+            for (fold, rows) in checkpoint.folds.iter().enumerate() {
+                let train = rows.train.as_slice().unwrap();
+                let per_labelling = gathered.steps[fold] * p;
+                for (b, labels) in batch.iter().enumerate() {
+                    let mut scatter = vec![0.0f32; p * d];
+                    let mut counts = vec![0usize; p];
+                    for (position, &r) in setup.train_rows[fold].iter().enumerate() {
+                        let k = usize::from(labels[r]);
+                        counts[k] += 1;
+                        for j in 0..d {
+                            scatter[k * d + j] += train[position * d + j];
+                        }
+                    }
+                    let mut sums = vec![0.0f32; p * d];
+                    let order = &gathered.order[fold][b * per_labelling..(b + 1) * per_labelling];
+                    class_sums(train, d, p, order, &mut sums);
+                    assert!(sums.iter().zip(&scatter).all(|(a, b)| a.to_bits() == b.to_bits()));
+                    assert_eq!(&gathered.counts[fold][b * p..(b + 1) * p], &counts[..]);
+                }
+            }
+        }
+    }
+
     #[test]
     fn the_fast_fit_equals_the_plain_fit() {
         let (p, q, d) = (5, 30, 4);

@@ -404,6 +404,55 @@ mod tests {
     use super::*;
     use crate::stats::rng::seeded_rng;
 
+    /// The folds in lockstep (one product for all folds, fold means in one pass) against each
+    /// fold fitted on its own as before: the same bits, and the batched projection equals
+    /// `Basis::project`. Sizes put fold columns across the product's 16-wide tiles.
+    #[test]
+    fn folds_in_lockstep_give_the_bits_of_one_fold_at_a_time() {
+        let (n, hidden, components, folds) = (150, 70, 5, 4);
+        let mut values = seeded_rng(8, "lockstep");
+        let rows = Array2::from_shape_fn((n, hidden), |(r, j)| {
+            values.gen_range(-1.0f32..1.0) + if j == r % 7 { 3.0 } else { 0.0 }
+        });
+        let keep: Vec<bool> = (0..n).map(|r| r % 11 != 4).collect();
+        let train: Vec<Vec<bool>> = (0..folds)
+            .map(|f| (0..n).map(|r| keep[r] && r % folds != f).collect())
+            .collect();
+        let lockstep = fold_bases(rows.view(), &train, components, 2, &mut seeded_rng(4, "omega"));
+        // One fold at a time, as the code before the lockstep did.
+        let mut rng = seeded_rng(4, "omega");
+        let width = (components + 8).min(hidden);
+        let omega = Array2::from_shape_fn((hidden, width), |_| if rng.gen::<bool>() { 1.0f32 } else { -1.0 });
+        let sketch = rows.dot(&omega);
+        for (fold, mask) in train.iter().enumerate() {
+            let block = [RowBlock {
+                rows: rows.view(),
+                keep: mask,
+            }];
+            let mean = mean_of(&block);
+            let shift = mean.dot(&omega);
+            let mut y = sketch.clone();
+            mask_and_shift(&mut y, mask, &shift);
+            let mut y = vec![y];
+            stack_orthonormalize(&mut y);
+            let alone = finish_basis(&block, mean, y, components, 2);
+            let same =
+                |a: &Array2<f32>, b: &Array2<f32>| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(alone
+                .mean
+                .iter()
+                .zip(&lockstep[fold].mean)
+                .all(|(x, y)| x.to_bits() == y.to_bits()));
+            assert!(same(&alone.directions, &lockstep[fold].directions), "fold {fold}");
+            let projected = project_folds(rows.view(), &keep, &lockstep);
+            let one = lockstep[fold].project(&RowBlock {
+                rows: rows.view(),
+                keep: &keep,
+            });
+            assert!(same(&projected[fold], &one), "projection of fold {fold}");
+        }
+    }
+
     #[test]
     fn recovers_a_planted_low_rank_subspace() {
         let mut rng = seeded_rng(3, "pca-test");
