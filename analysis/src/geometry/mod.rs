@@ -418,6 +418,9 @@ fn analyze_layer(
     })
 }
 
+/// A comparison's cells with their result.json details.
+type CellsWithDetails = Vec<(CellTest, serde_json::Value)>;
+
 /// The geometry family a comparison's cells go to.
 enum Family {
     EmPrePost,
@@ -667,7 +670,7 @@ pub fn compute(input: &GeometryInput, config: &GeometryConfig) -> Result<Geometr
     }
     // Every cell's tests draw from their own named streams, so they run in parallel and are
     // put in their families in the order above.
-    let computed: Vec<(Vec<(CellTest, serde_json::Value)>, Option<f64>)> = pending
+    let computed: Vec<(CellsWithDetails, Option<f64>)> = pending
         .par_iter()
         .map(|(_, comparison)| {
             let clock = timing::thread_cpu_seconds();
