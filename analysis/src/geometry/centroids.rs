@@ -179,9 +179,9 @@ mod tests {
         assert!(w.rows().into_iter().all(|r| r.sum() == q as f32));
     }
 
-    /// The chunked counts-matrix path (with the axis rows taken from the axis and base
-    /// checkpoints' products) against the textbook bootstrap: draw the question indices with
-    /// the same stream, average each persona's kept resampled vectors in f64, take cosines.
+    /// The fused replicate kernel (`replicate_gram`) against the textbook bootstrap: draw the
+    /// question indices with the same stream, average each persona's kept resampled vectors
+    /// in f64, take cosines.
     #[test]
     fn counts_matrix_bootstrap_equals_resampling_the_questions() {
         use rand::Rng;
