@@ -297,7 +297,7 @@ impl M3Checkpoint {
         let mut sums = vec![0.0f32; classes * d];
         let mut sums_lanes = vec![[0.0f64; LANES]; classes * d];
         let mut counts_lanes = vec![[0usize; LANES]; classes];
-        // Coefficients of the whole batch, [dimension][class][labelling], so one pass scores
+        // Coefficients of the whole batch, [class][dimension][labelling], so one pass scores
         // every labelling and the argmax runs across labellings.
         let mut coef = vec![0.0f32; d * classes * WIDTH];
         let mut intercepts = vec![0.0f32; classes * WIDTH];
@@ -332,7 +332,7 @@ impl M3Checkpoint {
                     for k in 0..classes {
                         intercepts[k * WIDTH + b] = fit.intercept[k][lane] as f32;
                         for i in 0..d {
-                            coef[(i * classes + k) * WIDTH + b] = fit.coef[i * classes + k][lane] as f32;
+                            coef[(k * d + i) * WIDTH + b] = fit.coef[i * classes + k][lane] as f32;
                         }
                     }
                 }

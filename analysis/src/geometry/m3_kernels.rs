@@ -195,7 +195,7 @@ pub(super) struct FoldScores<'a> {
     pub test: &'a [f32],
     pub d: usize,
     pub classes: usize,
-    /// [dimension][class][WIDTH]
+    /// [class][dimension][WIDTH]
     pub coef: &'a [f32],
     /// [class][WIDTH]
     pub intercepts: &'a [f32],
@@ -242,7 +242,7 @@ impl<const FUSED: bool> Scoring for Portable<FUSED> {
             for k in 0..classes {
                 let mut acc = [0.0f32; WIDTH];
                 for (j, &x_j) in x.iter().enumerate() {
-                    let c = &fold.coef[(j * classes + k) * WIDTH..(j * classes + k + 1) * WIDTH];
+                    let c = &fold.coef[(k * d + j) * WIDTH..(k * d + j + 1) * WIDTH];
                     for (a, &c_l) in acc.iter_mut().zip(c) {
                         *a = if FUSED {
                             x_j.mul_add(c_l, *a)
@@ -294,9 +294,9 @@ impl Scoring for Avx512 {
                     let (b0, b1) = (_mm512_set1_ps(x0_j), _mm512_set1_ps(x1_j));
                     let [acc0, acc1] = &mut acc;
                     for (v, (a0, a1)) in acc0.iter_mut().zip(acc1.iter_mut()).enumerate() {
-                        // SAFETY: (j * classes + k) * WIDTH + 16 v + 16 <= d * classes * WIDTH,
+                        // SAFETY: (k * d + j) * WIDTH + 16 v + 16 <= classes * d * WIDTH,
                         // checked in `check`.
-                        let c = unsafe { _mm512_loadu_ps(coef.add((j * classes + k) * WIDTH + 16 * v)) };
+                        let c = unsafe { _mm512_loadu_ps(coef.add((k * d + j) * WIDTH + 16 * v)) };
                         *a0 = _mm512_fmadd_ps(b0, c, *a0);
                         *a1 = _mm512_fmadd_ps(b1, c, *a1);
                     }
@@ -438,7 +438,7 @@ mod tests {
             .collect();
         for j in 0..d {
             // lane 5: classes 1 and 2 tie exactly.
-            coef[(j * classes + 2) * WIDTH + 5] = coef[(j * classes + 1) * WIDTH + 5];
+            coef[(2 * d + j) * WIDTH + 5] = coef[(d + j) * WIDTH + 5];
         }
         intercepts[2 * WIDTH + 5] = intercepts[WIDTH + 5];
         intercepts[3 * WIDTH + 9] = f32::NEG_INFINITY;
@@ -456,7 +456,10 @@ mod tests {
             questions: &row_questions,
         };
         let x = ndarray::ArrayView2::from_shape((rows, d), &test[..]).unwrap();
-        let w = ndarray::ArrayView2::from_shape((d, classes * WIDTH), &coef[..]).unwrap();
+        // The product's right side, [dimension][class][lane].
+        let w = ndarray::Array2::from_shape_fn((d, classes * WIDTH), |(j, col)| {
+            coef[((col / WIDTH) * d + j) * WIDTH + col % WIDTH]
+        });
         let scores = x.dot(&w);
         let mut expected = vec![0u32; questions * WIDTH];
         for r in 0..rows {
