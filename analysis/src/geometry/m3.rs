@@ -17,8 +17,11 @@
 //! checkpoint, and every checkpoint's accuracy is recomputed; a cell's null statistic is the
 //! same delta of these accuracies. The PCA never sees a label, so a permutation leaves every
 //! basis and every fold's second moment unchanged: a refit only re-sums the training rows by
-//! class and solves a small system, and the held-out scores of a batch of permutations are
-//! one matrix product per fold.
+//! class and solves a small system (eight permutations side by side, `m3_kernels`), and the
+//! held-out rows of a fold are scored for a batch of 64 permutations in one pass, the argmax
+//! and the hit counts taken as the scores are made. The rows of each class are listed once per
+//! batch and fold (they are the same for every checkpoint), so the class sums add them in row
+//! order without a scatter through memory.
 
 use super::lda::LdaError;
 use super::m3_kernels;
