@@ -582,6 +582,9 @@ impl Spec {
             params: json!({
                 "experiment": self.experiment.name,
                 "seeds": self.experiment.seeds,
+                // It reads no model or data file (only each seed's analysis), but like every
+                // task it says so: a worker checks `files` before it runs anything.
+                "files": {},
                 "stage": self.stage_params(TaskKind::Summarise, "seeds"),
             }),
             inputs: BTreeMap::new(),

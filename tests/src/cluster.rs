@@ -17,7 +17,20 @@ pub const TEST_TIMING: [(&str, &str); 2] = [("PSPACE_HEARTBEAT_MS", "200"), ("PS
 
 /// The tiny spec with `seeds` instead of its own, written to `dir/tiny.toml`.
 pub fn tiny_spec_with_seeds(dir: &Path, seeds: &[u64]) -> PathBuf {
-    let text = std::fs::read_to_string(tiny_spec()).expect("read the tiny spec");
+    spec_with_seeds(&tiny_spec(), dir, seeds)
+}
+
+/// tests/data/tiny_long_eval.toml (the tiny spec whose two marker_eval tasks take seconds) with
+/// `seeds`, written to `dir/tiny.toml`: for tests that must stop a worker inside a task, where
+/// the tiny spec's sub-second tasks often end first.
+pub fn tiny_long_eval_spec_with_seeds(dir: &Path, seeds: &[u64]) -> PathBuf {
+    spec_with_seeds(&repo_root().join("tests/data/tiny_long_eval.toml"), dir, seeds)
+}
+
+/// `base` (a spec in tests/data with `seeds = [42]`) with `seeds` and absolute data paths,
+/// written to `dir/tiny.toml`.
+fn spec_with_seeds(base: &Path, dir: &Path, seeds: &[u64]) -> PathBuf {
+    let text = std::fs::read_to_string(base).expect("read the tiny spec");
     let root = repo_root().display().to_string();
     let seeds = seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
     let text = text

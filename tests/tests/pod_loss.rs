@@ -9,7 +9,7 @@
 
 use pspace_tests::cluster::{
     coordinator, free_port, lease_of, manifests, result_paths, run_embedded, status_json,
-    tiny_spec_with_seeds, verify_all, worker, Proc,
+    tiny_long_eval_spec_with_seeds, verify_all, worker, Proc,
 };
 use pspace_tests::pspace_bin;
 use std::path::Path;
@@ -46,7 +46,10 @@ fn a_run_survives_killed_stalled_and_restarted_processes() {
     eprintln!("pod_loss: chaos seed {seed} (PSPACE_CHAOS_SEED={seed} replays it)");
     let mut chaos = Chaos(seed);
     let dir = tempfile::tempdir().unwrap();
-    let spec = tiny_spec_with_seeds(dir.path(), &[42]);
+    // The spec whose marker_eval tasks take seconds: ten kills, a stall and a coordinator
+    // restart must all land before the run ends (the tiny spec's ~10 s of tasks often ended
+    // first once the machine was not loaded).
+    let spec = tiny_long_eval_spec_with_seeds(dir.path(), &[42]);
     let calm = dir.path().join("calm");
     let (stdout, _) = run_embedded(&spec, calm.to_str().unwrap(), &[]);
     let expected = result_paths(&stdout);

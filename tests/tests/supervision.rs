@@ -6,7 +6,9 @@
 //! Panics are injected with `PSPACE_FAULT_PANIC=<kind>/<label>:<n>` (the first n attempts of
 //! that task panic inside the stage's thread).
 
-use pspace_tests::cluster::{coordinator, free_port, tiny_spec_with_seeds, worker, TEST_TIMING};
+use pspace_tests::cluster::{
+    coordinator, free_port, tiny_long_eval_spec_with_seeds, tiny_spec_with_seeds, worker, TEST_TIMING,
+};
 use pspace_tests::pspace_bin;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -84,7 +86,9 @@ fn past_the_crash_budget_the_run_stops_with_a_clear_message() {
 #[test]
 fn a_worker_killed_while_holding_a_lease_costs_only_that_lease() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = tiny_spec_with_seeds(dir.path(), &[42]);
+    // Its marker_eval tasks take seconds: the kill lands inside one (a sub-second task often
+    // committed between the status that showed its lease and the kill).
+    let spec = tiny_long_eval_spec_with_seeds(dir.path(), &[42]);
     let store = dir.path().join("store");
     let port = free_port();
     let mut coord = coordinator(&spec, store.to_str().unwrap(), port, &[]);
@@ -111,7 +115,10 @@ fn a_worker_killed_while_holding_a_lease_costs_only_that_lease() {
                 .as_array()
                 .unwrap()
                 .iter()
-                .find_map(|t| (t["state"] == "leased").then(|| t["task"].as_str().unwrap().to_string()));
+                .find_map(|t| {
+                    let task = t["task"].as_str().unwrap();
+                    (t["state"] == "leased" && task.contains("/marker_eval/")).then(|| task.to_string())
+                });
             if let Some(task) = leased {
                 break task;
             }

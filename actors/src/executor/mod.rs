@@ -400,6 +400,9 @@ mod tests {
         for t in &tasks {
             same.check(t).unwrap();
         }
+        // The cross-seed summary of a multi-seed run too (it carried no `files`, and every
+        // multi-seed run stopped at it).
+        same.check(&spec.summary_task()).unwrap();
 
         std::fs::write(model_dir.join("config.json"), b"{\"edited\": true}").unwrap();
         let other = RunData::load(&spec, &model, &mut DigestCache::in_memory()).unwrap();
