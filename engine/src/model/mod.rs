@@ -484,22 +484,23 @@ impl Model {
         }
     }
 
-    /// Attention context of a packed (padding-free) pass: one row [1, N] holding sequences of
-    /// `lengths` tokens back to back (N = their sum), each attending causally to itself only and
-    /// starting at position 0, so each gets exactly what it would get alone in a padded batch
-    /// (TRL's `padding_free`). The projections and MLPs run on the N packed rows; only attention
-    /// lays the sequences out as a right-padded [S, L] batch (see [`Segments`]). Lengths must be
-    /// positive.
-    pub fn packed_attention_context(&self, lengths: &[i64]) -> AttentionContext {
-        let positions: Vec<i64> = lengths.iter().flat_map(|&n| 0..n).collect();
-        let n = positions.len() as i64;
-        let positions = Tensor::from_slice(&positions).view([1, n]).to_device(self.device);
+    /// Attention context of a packed (padding-free) pass: one row [1, N] holding the rows of
+    /// `packed`'s sequences, each attending causally to its own tokens only and starting at
+    /// position 0, so each gets exactly what it would get alone in a padded batch (TRL's
+    /// `padding_free`). A sequence that shares a prefix with an earlier one reads that one's
+    /// rows for it (see [`PackedSequences`]). The projections and MLPs run on the N packed rows;
+    /// only attention lays the sequences out as a right-padded [S, L] batch (see [`Segments`]).
+    pub fn packed_attention_context(&self, packed: &PackedSequences) -> AttentionContext {
+        let n = packed.positions.len() as i64;
+        let positions = Tensor::from_slice(&packed.positions)
+            .view([1, n])
+            .to_device(self.device);
         let (cos, sin_signed) = self.rotary(&positions);
         AttentionContext {
             cos,
             sin_signed,
             mask: None,
-            segments: (lengths.len() > 1).then(|| Segments::new(lengths, self.device)),
+            segments: (packed.sequences.len() > 1).then(|| Segments::new(packed, self.device)),
             kind: self.kind,
             additive: std::sync::OnceLock::new(),
         }
@@ -703,39 +704,76 @@ pub struct AttentionContext {
     additive: std::sync::OnceLock<Tensor>,
 }
 
+/// The sequences of a packed pass: for each, the packed rows (indices into the pass's [N]
+/// rows) that hold its tokens, in order, and for each packed row its position. Sequences
+/// laid back to back each list their own rows; a sequence that starts with the same tokens as
+/// an earlier one (rows of one optimizer step under one long system prompt) lists that one's
+/// rows for the shared prefix and its own rows after it, so the prefix's projections and MLPs
+/// run once. Every sequence's first listed row must come before its own rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackedSequences {
+    pub sequences: Vec<Vec<i64>>,
+    pub positions: Vec<i64>,
+}
+
+impl PackedSequences {
+    /// Sequences of `lengths` rows laid back to back, none sharing a row. Lengths must be
+    /// positive.
+    pub fn back_to_back(lengths: &[i64]) -> PackedSequences {
+        let mut sequences = Vec::with_capacity(lengths.len());
+        let mut start = 0;
+        for &len in lengths {
+            sequences.push((start..start + len).collect());
+            start += len;
+        }
+        PackedSequences {
+            sequences,
+            positions: lengths.iter().flat_map(|&n| 0..n).collect(),
+        }
+    }
+}
+
 /// How a packed pass's sequences map onto a right-padded batch for attention: S sequences, each
 /// padded to `width` (the longest, rounded up to 8), and the gathers between the two layouts.
+/// A row that several sequences read (a shared prefix) is gathered into each of them; its
+/// output is taken from the first, and the gather's backward adds up the gradients its keys and
+/// values get from all of them.
 pub struct Segments {
     count: i64,
     width: i64,
     /// [S * width]: for each padded slot, the packed row it reads (a padding slot reads row 0;
     /// causal attention never lets a real query see it, and its own output is dropped).
     padded_from_packed: Tensor,
-    /// [N]: for each packed row, its padded slot.
+    /// [N]: for each packed row, the padded slot its output comes from.
     packed_from_padded: Tensor,
 }
 
 impl Segments {
-    fn new(lengths: &[i64], device: tch::Device) -> Segments {
-        let longest = lengths.iter().copied().max().unwrap_or(1).max(1);
+    fn new(packed: &PackedSequences, device: tch::Device) -> Segments {
+        let longest = packed
+            .sequences
+            .iter()
+            .map(|s| s.len() as i64)
+            .max()
+            .unwrap_or(1)
+            .max(1);
         let width = (longest + 7) / 8 * 8;
-        let count = lengths.len() as i64;
+        let count = packed.sequences.len() as i64;
         let mut padded = vec![0i64; (count * width) as usize];
-        let mut packed = Vec::with_capacity(lengths.iter().sum::<i64>() as usize);
-        let mut start = 0;
-        for (s, &len) in lengths.iter().enumerate() {
-            for j in 0..len {
-                let slot = s as i64 * width + j;
-                padded[slot as usize] = start + j;
-                packed.push(slot);
+        let mut from_padded: Vec<Option<i64>> = vec![None; packed.positions.len()];
+        for (s, rows) in packed.sequences.iter().enumerate() {
+            for (j, &row) in rows.iter().enumerate() {
+                let slot = s as i64 * width + j as i64;
+                padded[slot as usize] = row;
+                from_padded[row as usize].get_or_insert(slot);
             }
-            start += len;
         }
+        let packed_from_padded: Vec<i64> = from_padded.into_iter().map(|s| s.unwrap_or(0)).collect();
         Segments {
             count,
             width,
             padded_from_packed: Tensor::from_slice(&padded).to_device(device),
-            packed_from_padded: Tensor::from_slice(&packed).to_device(device),
+            packed_from_padded: Tensor::from_slice(&packed_from_padded).to_device(device),
         }
     }
 }

@@ -18,10 +18,16 @@ use super::masks::IGNORE;
 use super::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use super::schedule::{Schedule, ScheduleKind};
 use crate::lora::{DropoutMode, Lora};
-use crate::model::{Adapter, Model};
+use crate::model::{Adapter, Model, PackedSequences};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 use tch::{Kind, Tensor};
+
+/// The fewest leading tokens a packed row must have in common with an earlier row of its pass
+/// to read them from it instead of packing its own (`Batch::packed`). A long system prompt
+/// (the demo's source persona: about 440 tokens) is shared; a chat template's few fixed
+/// tokens are not worth the gathers.
+pub const MIN_SHARED_PREFIX: usize = 32;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -81,15 +87,15 @@ pub enum TrainError {
     Config(String),
 }
 
-/// One micro-batch on the device: rows right-padded to one length ([B, T]), or packed back to
-/// back without padding ([1, N], `segments` giving each row's length).
+/// One micro-batch on the device: rows right-padded to one length ([B, T]), or packed without
+/// padding ([1, N], `segments` saying which packed rows make up each row).
 pub struct Batch {
     /// [B, T]
     pub input_ids: Tensor,
     /// [B, T], 1 = real token.
     pub attention_mask: Tensor,
-    /// Packed rows: their lengths, in order (None: padded rows).
-    pub segments: Option<Vec<i64>>,
+    /// Packed rows: the sequences they form (None: padded rows).
+    pub segments: Option<PackedSequences>,
     /// Flat indices into [B * T] of the positions whose next token is a label.
     label_positions: Tensor,
     /// The labels at those positions.
@@ -136,38 +142,74 @@ impl Batch {
 
     /// Packs `rows` (ids with their labels) back to back into one row [1, N] with no padding;
     /// each row attends only to itself and starts at position 0 (see
-    /// `Model::packed_attention_context`). Empty rows are skipped.
+    /// `Model::packed_attention_context`). A row whose first [`MIN_SHARED_PREFIX`] or more
+    /// tokens are those of an earlier row of the pass (the same system prompt, and often the same
+    /// question) packs only the rest and reads the earlier row's rows for the shared part, so
+    /// the shared tokens' projections and MLPs run once. The loss and gradient are those of the
+    /// rows laid out whole; only the LoRA dropout masks of a shared prefix are drawn once for
+    /// the rows that share it (each row's expected gradient is unchanged). Empty rows are
+    /// skipped.
     pub fn packed(rows: &[(&[i64], &[i64])], device: tch::Device) -> Batch {
         let mut ids = Vec::new();
         let mut positions = Vec::new();
         let mut targets = Vec::new();
-        let mut segments = Vec::new();
+        let mut label_rows = Vec::new();
+        let mut sequences: Vec<Vec<i64>> = Vec::new();
+        // Rows packed whole: (first packed row, ids); later rows may share their prefixes.
+        let mut whole: Vec<(i64, &[i64])> = Vec::new();
+        let mut tokens = 0i64;
         for (row_ids, row_labels) in rows.iter().filter(|(ids, _)| !ids.is_empty()) {
-            let offset = ids.len();
-            ids.extend_from_slice(row_ids);
-            segments.push(row_ids.len() as i64);
+            tokens += row_ids.len() as i64;
+            // A row keeps at least its last token to itself (it has to be computed with the
+            // row's own context when it is the only difference).
+            let (start, shared) = whole
+                .iter()
+                .map(|&(start, other)| {
+                    let common = other
+                        .iter()
+                        .zip(row_ids.iter())
+                        .take_while(|(a, b)| a == b)
+                        .count();
+                    (start, common.min(row_ids.len() - 1))
+                })
+                .max_by_key(|&(start, common)| (common, std::cmp::Reverse(start)))
+                .filter(|&(_, common)| common >= MIN_SHARED_PREFIX)
+                .unwrap_or((0, 0));
+            let own = ids.len() as i64;
+            let mut sequence: Vec<i64> = (start..start + shared as i64).collect();
+            for (j, &id) in row_ids.iter().enumerate().skip(shared) {
+                sequence.push(ids.len() as i64);
+                ids.push(id);
+                positions.push(j as i64);
+            }
+            if shared == 0 {
+                whole.push((own, row_ids));
+            }
             // Position j predicts label j + 1 (HF shifts labels by one), within the row.
             for (j, &label) in row_labels.iter().enumerate().skip(1).take(row_ids.len() - 1) {
                 if label != IGNORE {
-                    positions.push((offset + j - 1) as i64);
+                    label_rows.push(sequence[j - 1]);
                     targets.push(label);
                 }
             }
+            sequences.push(sequence);
         }
         if ids.is_empty() {
             // A pass needs one token; it has no labels, so the step skips it.
             ids.push(0);
-            segments.push(1);
+            positions.push(0);
+            sequences.push(vec![0]);
+            tokens = 1;
         }
         let n = ids.len() as i64;
         Batch {
             input_ids: Tensor::from_slice(&ids).view([1, n]).to_device(device),
             attention_mask: Tensor::ones([1, n], (Kind::Int64, device)),
-            label_tokens: positions.len() as i64,
-            label_positions: Tensor::from_slice(&positions).to_device(device),
+            label_tokens: label_rows.len() as i64,
+            label_positions: Tensor::from_slice(&label_rows).to_device(device),
             label_targets: Tensor::from_slice(&targets).to_device(device),
-            tokens: segments.iter().sum::<i64>(),
-            segments: Some(segments),
+            tokens,
+            segments: Some(PackedSequences { sequences, positions }),
         }
     }
 
@@ -195,7 +237,7 @@ impl Batch {
     /// The attention context of this batch's forward pass.
     pub fn attention_context(&self, model: &Model) -> crate::model::AttentionContext {
         match &self.segments {
-            Some(lengths) => model.packed_attention_context(lengths),
+            Some(packed) => model.packed_attention_context(packed),
             None => model.attention_context(&self.attention_mask, self.input_ids.size()[1]),
         }
     }
@@ -677,7 +719,7 @@ mod tests {
             .collect();
         let one = Batch::packed(&rows, tch::Device::Cpu);
         assert_eq!(one.input_ids.size(), [1, 23]);
-        assert_eq!(one.segments.as_deref(), Some(&[5i64, 12, 6][..]));
+        assert_eq!(one.segments, Some(PackedSequences::back_to_back(&[5, 12, 6])));
         assert_eq!(one.tokens, 23);
         assert_eq!(one.label_tokens, 2 + 9 + 3);
         // The second row's first label (its position 3) is predicted from packed position 5 + 2;
@@ -691,6 +733,70 @@ mod tests {
         // A row longer than the budget gets a pass of its own.
         let passes = Batch::pack_step(&rows, 4, tch::Device::Cpu);
         assert_eq!(passes.len(), 3);
+    }
+
+    /// Rows that start with the same long prefix (one system prompt) pack it once and read it
+    /// from the first row; the loss and the adapter's gradients are those of the rows laid out
+    /// whole, labels inside the shared prefix included.
+    #[test]
+    fn rows_sharing_a_prefix_pack_it_once_with_the_same_loss_and_gradients() {
+        let model = tiny();
+        let l = lora(&model, 0.0);
+        {
+            let _guard = tch::no_grad_guard();
+            tch::manual_seed(5);
+            for mut p in l.parameters() {
+                p.copy_(&(Tensor::randn_like(&p) * 0.05));
+            }
+        }
+        let prefix: Vec<i64> = (0..40).map(|j| (j * 37 % 900) as i64 + 3).collect();
+        let with = |tail: &[i64]| [prefix.as_slice(), tail].concat();
+        let rows: Vec<Vec<i64>> = vec![
+            with(&[11, 12, 13, 14, 15, 16, 17, 18, 19, 20]),
+            (0..20).map(|j| (j * 53 % 700) as i64 + 5).collect(),
+            with(&[11, 12, 13, 44, 45, 46, 47, 48]),
+            with(&[61, 62, 63, 64, 65, 66]),
+            // Shares only a short start: packed whole.
+            [&prefix[..8], &[70, 71, 72, 73][..]].concat(),
+        ];
+        // Labels everywhere on the first row (inside the shared prefix too), at the end elsewhere.
+        let labels: Vec<Vec<i64>> = rows
+            .iter()
+            .enumerate()
+            .map(|(r, ids)| {
+                ids.iter()
+                    .enumerate()
+                    .map(|(j, &id)| if r == 0 || j + 4 >= ids.len() { id } else { IGNORE })
+                    .collect()
+            })
+            .collect();
+        let pairs: Vec<(&[i64], &[i64])> = rows
+            .iter()
+            .zip(&labels)
+            .map(|(i, l)| (i.as_slice(), l.as_slice()))
+            .collect();
+        let shared = Batch::packed(&pairs, tch::Device::Cpu);
+        // Rows 3 and 4 (1-based) read the first row's 40 prefix tokens (the third also its
+        // next three); the fifth shares too few to be worth it.
+        assert_eq!(shared.input_ids.size(), [1, 50 + 20 + 5 + 6 + 12]);
+        assert_eq!(shared.tokens, 50 + 20 + 48 + 46 + 12);
+        let padded = Batch::new(&pairs, 0, 8, tch::Device::Cpu);
+        assert_eq!(shared.label_tokens, padded.label_tokens);
+        let trainer = Trainer::new(&model, &l, config(false), 1);
+        let loss_padded = trainer.micro_step(&padded, 1.0).unwrap().double_value(&[]);
+        let grad_padded = l.flat_grad();
+        l.zero_grad();
+        let loss_shared = trainer.micro_step(&shared, 1.0).unwrap().double_value(&[]);
+        let grad_shared = l.flat_grad();
+        assert!(
+            (loss_padded - loss_shared).abs() < 1e-4 * loss_padded.abs(),
+            "{loss_padded} vs {loss_shared}"
+        );
+        assert!(
+            grad_padded.allclose(&grad_shared, 1e-4, 1e-6, false),
+            "gradients differ"
+        );
+        assert!(grad_shared.abs().sum(Kind::Float).double_value(&[]) > 0.0);
     }
 
     /// Padding-free training is padded training: the same losses and adapter, with and without
