@@ -159,6 +159,11 @@ pub struct Experiment {
     pub seeds: Vec<u64>,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
+    /// The floating-point type models compute in: `f32` or `bf16` (absent: the device's
+    /// default, bf16 on CUDA and f32 on CPU). Like the device, no part of any task id: it
+    /// changes results by rounding, not by what a task reads.
+    #[serde(default)]
+    pub dtype: Option<pspace_engine::Dtype>,
     /// Where runs are stored: a folder, or `s3://bucket/prefix`.
     pub store: String,
 }
@@ -1385,6 +1390,34 @@ mod tests {
         }
     }
 
+    /// `dtype` is optional (the device's default) and names f32 or bf16; anything else is a
+    /// located problem.
+    #[test]
+    fn dtype_is_optional_and_names_a_float_type() {
+        let without: String = DEMO_SPEC
+            .lines()
+            .filter(|l| !l.starts_with("dtype"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let with = |value: &str| without.replacen("device = ", &format!("dtype = {value}\ndevice = "), 1);
+        let parse = |text: &str| Spec::parse(text, "x.toml", PathBuf::new());
+        assert_eq!(parse(&without).unwrap().experiment.dtype, None);
+        assert_eq!(
+            parse(&with("\"bf16\"")).unwrap().experiment.dtype,
+            Some(pspace_engine::Dtype::Bf16)
+        );
+        assert_eq!(
+            parse(&with("\"f32\"")).unwrap().experiment.dtype,
+            Some(pspace_engine::Dtype::F32)
+        );
+        let found = problems(&with("\"fp16\""));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("experiment.dtype") && found[0].contains("fp16"),
+            "{found:?}"
+        );
+    }
+
     #[test]
     fn a_problem_names_file_line_column_and_key() {
         let text = DEMO_SPEC.replace("seeds = [42]", "seeds = []");
@@ -1414,16 +1447,15 @@ mod tests {
             ("0", false),
             ("1.5", false),
         ] {
-            let text = DEMO_SPEC.replacen(
-                "[coupling]\n",
-                &format!("[coupling]\nnum_train_epochs = {epochs}\n"),
-                1,
-            );
-            let text = text.replacen(
-                "num_train_epochs = 1\nper_device_train_batch_size = 4",
-                "per_device_train_batch_size = 4",
-                1,
-            );
+            // The coupling table's own epochs line, whatever its value, gives way to the one
+            // under test.
+            let (head, coupling) = DEMO_SPEC.split_once("[coupling]\n").unwrap();
+            let coupling: String = coupling
+                .lines()
+                .filter(|l| !l.starts_with("num_train_epochs"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            let text = format!("{head}[coupling]\nnum_train_epochs = {epochs}\n{coupling}");
             let found = problems(&text);
             assert_eq!(found.is_empty(), ok, "{epochs}: {found:?}");
             if !ok {

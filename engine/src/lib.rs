@@ -15,4 +15,4 @@ pub mod peft;
 pub mod tokenizer;
 pub mod train;
 
-pub use device::{Device, DeviceError};
+pub use device::{Device, DeviceError, Dtype};

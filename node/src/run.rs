@@ -24,10 +24,14 @@ pub fn run(args: RunArgs) -> Result<()> {
         .unwrap_or_else(|| spec.experiment.store.clone());
     let names: Vec<String> = devices.iter().map(|d| d.to_string()).collect();
     eprintln!(
-        "experiment {:?}: model {}, device {}, seeds {:?}, store {location}",
+        "experiment {:?}: model {}, device {}{}, seeds {:?}, store {location}",
         spec.experiment.name,
         spec.experiment.model,
         names.join(","),
+        spec.experiment
+            .dtype
+            .map(|d| format!(" ({d})"))
+            .unwrap_or_default(),
         spec.experiment.seeds
     );
     session::preflight(spec)?;

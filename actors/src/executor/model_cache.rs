@@ -24,6 +24,8 @@ pub struct ModelCache {
     /// The spec's name for the model (recorded in outputs).
     pub model_name: String,
     pub device: pspace_engine::Device,
+    /// The spec's `[experiment] dtype` (None: the device's default).
+    pub dtype: Option<pspace_engine::Dtype>,
     base: Option<Arc<Model>>,
     tokenizer: Option<Arc<ChatTokenizer>>,
     /// Token budget of one extraction batch.
@@ -35,12 +37,18 @@ pub struct ModelCache {
 impl ModelCache {
     /// Nothing is loaded until a task needs it. Batch sizes: GPU 65,536 tokens / 512 rows, CPU
     /// 8,192 / 64 (GPU.md).
-    pub fn new(source: ModelSource, model_name: String, device: pspace_engine::Device) -> ModelCache {
+    pub fn new(
+        source: ModelSource,
+        model_name: String,
+        device: pspace_engine::Device,
+        dtype: Option<pspace_engine::Dtype>,
+    ) -> ModelCache {
         let gpu = matches!(device, pspace_engine::Device::Cuda(_));
         ModelCache {
             source,
             model_name,
             device,
+            dtype,
             base: None,
             tokenizer: None,
             max_batch_tokens: if gpu { 65_536 } else { 8_192 },
@@ -55,11 +63,12 @@ impl ModelCache {
         let _span = tracing::info_span!(
             "load_model",
             model = %self.source,
-            device = %self.device
+            device = %self.device,
+            kind = ?self.device.kind_for(self.dtype)
         )
         .entered();
         let tdev = self.device.activate()?;
-        let model = Arc::new(self.source.load(tdev, self.device.compute_kind())?);
+        let model = Arc::new(self.source.load(tdev, self.device.kind_for(self.dtype))?);
         self.base = Some(model.clone());
         Ok(model)
     }

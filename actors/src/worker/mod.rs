@@ -107,7 +107,12 @@ pub async fn run_worker(config: WorkerConfig) -> Result<WorkerOutcome, WorkerErr
             data: data.clone(),
             store: store.clone(),
             runtime: runtime.clone(),
-            models: ModelCache::new(source.clone(), spec.experiment.model.clone(), *device),
+            models: ModelCache::new(
+                source.clone(),
+                spec.experiment.model.clone(),
+                *device,
+                spec.experiment.dtype,
+            ),
             scratch: config.scratch.join(device.to_string().replace(':', "-")),
         };
         slots.push(SlotArgs {
