@@ -312,10 +312,34 @@ fn now_ms() -> Result<u64, StageError> {
         .map_err(StageError::Clock)
 }
 
+/// Hands the heap memory freed since the last call back to the operating system. libtorch's
+/// CPU tensors come from glibc's malloc, which keeps freed memory for reuse in the arena of
+/// the thread that allocated it, and every task runs on a pool thread: the process kept each
+/// task's peak in another arena, and the demo's 34 tasks grew it to 14 GB resident where the
+/// largest task needs about 3. (A fixed mmap threshold bounded it too, at twice the run time.)
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of malloc's own arenas to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 impl Executor {
     /// Runs the job's stage and uploads its outputs under the attempt prefix; returns the
     /// manifest that commits them. Must run on a thread outside the runtime's workers.
     pub fn run(
+        &mut self,
+        job: &Job,
+        progress: &mut dyn Progress,
+        cancel: &CancelToken,
+    ) -> Result<Manifest, ExecError> {
+        let outcome = self.run_stage(job, progress, cancel);
+        release_freed_memory();
+        outcome
+    }
+
+    fn run_stage(
         &mut self,
         job: &Job,
         progress: &mut dyn Progress,
@@ -371,6 +395,40 @@ impl Executor {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    /// Resident memory of this process in bytes (Linux).
+    fn resident_bytes() -> u64 {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+        pages * 4096
+    }
+
+    /// Memory a finished task's thread freed goes back to the system (it stayed resident, one
+    /// task peak per pool thread, until the demo run held 14 GB).
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn memory_freed_on_another_thread_is_handed_back() {
+        const BLOCK: usize = 64 * 1024;
+        const BLOCKS: usize = 4096; // 256 MiB in blocks below malloc's mmap threshold
+                                    // Every 16th block outlives the thread, so the freed ones are holes malloc keeps
+                                    // (free memory at the top of a heap it trims by itself).
+        let kept = std::thread::spawn(|| {
+            let mut blocks: Vec<Vec<u8>> = (0..BLOCKS).map(|i| vec![i as u8 | 1; BLOCK]).collect();
+            let kept: Vec<Vec<u8>> = blocks.iter_mut().step_by(16).map(std::mem::take).collect();
+            drop(blocks);
+            kept
+        })
+        .join()
+        .unwrap();
+        let before = resident_bytes();
+        release_freed_memory();
+        let after = resident_bytes();
+        assert_eq!(kept.len(), BLOCKS / 16);
+        assert!(
+            before.saturating_sub(after) > (BLOCK * BLOCKS / 2) as u64,
+            "resident {before} bytes before, {after} after"
+        );
+    }
 
     fn repo() -> &'static Path {
         Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
