@@ -233,12 +233,22 @@ fn cuda_properties(index: usize) -> (String, u64) {
     (name, total)
 }
 
-/// Measures the dense matmul rate in TFLOP/s: bf16 8192^3 on CUDA, f32 2048^3 on CPU.
+/// Measures the dense matmul rate in TFLOP/s in the device's default type: bf16 8192^3 on
+/// CUDA, f32 1024^3 on CPU.
 pub fn matmul_tflops(device: tch::Device) -> f64 {
+    let kind = match device {
+        tch::Device::Cuda(_) => tch::Kind::BFloat16,
+        _ => tch::Kind::Float,
+    };
+    matmul_tflops_in(device, kind)
+}
+
+/// Measures the dense matmul rate in TFLOP/s in `kind` (8192^3 on CUDA, 1024^3 on CPU).
+pub fn matmul_tflops_in(device: tch::Device, kind: tch::Kind) -> f64 {
     let _guard = tch::no_grad_guard();
-    let (n, kind, reps) = match device {
-        tch::Device::Cuda(_) => (8192i64, tch::Kind::BFloat16, 20),
-        _ => (1024i64, tch::Kind::Float, 5),
+    let (n, reps) = match device {
+        tch::Device::Cuda(_) => (8192i64, 20),
+        _ => (1024i64, 5),
     };
     let a = tch::Tensor::randn([n, n], (kind, device));
     let b = tch::Tensor::randn([n, n], (kind, device));

@@ -30,6 +30,7 @@ fn doctor_reports_libtorch_and_the_demo_model() {
     );
     assert_eq!(v["cuda_available"], false);
     assert!(v["matmul"]["tflops"].as_f64().unwrap() > 0.0);
+    assert!(v["cpu_bf16_matmul_tflops"].as_f64().unwrap() > 0.0);
     assert!(v["demo_model"]
         .as_str()
         .unwrap()
