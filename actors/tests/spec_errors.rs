@@ -37,7 +37,7 @@ const CASES: &[Case] = &[
         name: "unknown_key",
         edits: &[("store = \"runs\"", "store = \"runs\"\ngpus = 2")],
         expect: &[
-            "{spec}:{at|gpus = 2|gpus}: experiment.gpus: unknown key: expected one of name, model, seeds, device, store",
+            "{spec}:{at|gpus = 2|gpus}: experiment.gpus: unknown key: expected one of name, model, seeds, device, dtype, store",
         ],
     },
     Case {
@@ -585,7 +585,7 @@ fn the_demo_passes_preflight_on_the_bundled_gguf() {
         ("llama", 30)
     );
     assert_eq!((facts.personas, facts.extraction_questions), (12, 9));
-    assert_eq!((facts.coupling_questions, facts.eval_questions), (3, 4));
-    assert_eq!((facts.em.rows, facts.em.optimizer_steps), (48, 3));
+    assert_eq!((facts.coupling_questions, facts.eval_questions), (3, 6));
+    assert_eq!((facts.em.rows, facts.em.optimizer_steps), (48, 12));
     println!("{facts}");
 }
