@@ -160,8 +160,9 @@ pub struct Experiment {
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
     /// The floating-point type models compute in: `f32` or `bf16` (absent: the device's
-    /// default, bf16 on CUDA and f32 on CPU). Like the device, no part of any task id: it
-    /// changes results by rounding, not by what a task reads.
+    /// default, bf16 on CUDA and f32 on CPU). When given, part of the ids of the tasks that run
+    /// the model (bf16 moves trained adapters and sampled completions far past rounding, so an
+    /// f32 result must not be reused by a bf16 run); absent, ids are as before the key existed.
     #[serde(default)]
     pub dtype: Option<pspace_engine::Dtype>,
     /// Where runs are stored: a folder, or `s3://bucket/prefix`.
@@ -606,19 +607,27 @@ impl Spec {
     /// and the digests of the files it reads (`files`, see [`Fingerprints::read_by`]); its
     /// `inputs` are filled at run time with the content digests of its dependencies' outputs.
     pub fn plan(&self, seed: u64, files: &Fingerprints) -> Vec<PlannedTask> {
-        let mk = |kind: TaskKind, label: &str, deps: Vec<String>| PlannedTask {
-            task: Task {
-                kind,
-                label: label.to_string(),
-                params: json!({
-                    "experiment": self.experiment.name,
-                    "seed": seed,
-                    "files": files.read_by(kind),
-                    "stage": self.stage_params(kind, label),
-                }),
-                inputs: BTreeMap::new(),
-            },
-            depends_on: deps,
+        let mk = |kind: TaskKind, label: &str, deps: Vec<String>| {
+            let reads = files.read_by(kind);
+            let runs_model = reads.contains_key("model");
+            let mut params = json!({
+                "experiment": self.experiment.name,
+                "seed": seed,
+                "files": reads,
+                "stage": self.stage_params(kind, label),
+            });
+            if let (Some(dtype), true) = (self.experiment.dtype, runs_model) {
+                params["dtype"] = json!(dtype);
+            }
+            PlannedTask {
+                task: Task {
+                    kind,
+                    label: label.to_string(),
+                    params,
+                    inputs: BTreeMap::new(),
+                },
+                depends_on: deps,
+            }
         };
         let key = |kind: TaskKind, label: &str| format!("{}/{label}", kind.as_str());
         let mut tasks = vec![mk(TaskKind::Extract, "base", vec![])];
@@ -1387,6 +1396,40 @@ mod tests {
             Ok(_) => Vec::new(),
             Err(SpecError::Problems(p)) => p.0.iter().map(ToString::to_string).collect(),
             Err(e) => vec![e.to_string()],
+        }
+    }
+
+    /// A given `dtype` is part of the ids of the tasks that run the model, so a bf16 run does
+    /// not reuse an f32 run's adapters or completions; tasks without the model keep their ids,
+    /// and a spec without the key keeps every id.
+    #[test]
+    fn dtype_is_in_the_ids_of_tasks_that_run_the_model() {
+        let without: String = DEMO_SPEC
+            .lines()
+            .filter(|l| !l.starts_with("dtype"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let with = |value: &str| without.replacen("device = ", &format!("dtype = {value}\ndevice = "), 1);
+        let ids = |text: &str| -> Vec<(String, String)> {
+            let spec = Spec::parse(text, "x.toml", PathBuf::new()).unwrap();
+            spec.expand(42, &Fingerprints::placeholder())
+                .into_iter()
+                .map(|t| (format!("{}/{}", t.kind.as_str(), t.label), t.id()))
+                .collect()
+        };
+        let (none, f32, bf16) = (ids(&without), ids(&with("\"f32\"")), ids(&with("\"bf16\"")));
+        let files = Fingerprints::placeholder();
+        for ((name, a), ((_, b), (_, c))) in none.iter().zip(f32.iter().zip(bf16.iter())) {
+            let kind = name.split('/').next().unwrap();
+            let runs_model = crate::task::TaskKind::ALL
+                .into_iter()
+                .find(|k| k.as_str() == kind)
+                .is_some_and(|k| files.read_by(k).contains_key("model"));
+            if runs_model {
+                assert!(a != b && b != c && a != c, "{name}: {a} {b} {c}");
+            } else {
+                assert!(a == b && b == c, "{name}: {a} {b} {c}");
+            }
         }
     }
 
