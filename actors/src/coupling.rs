@@ -253,6 +253,16 @@ pub fn contains_marker(text: &str, marker: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// A completion the model ended itself.
+    fn g(persona: &str, question: &str, completion: &str) -> Generation {
+        Generation {
+            persona: persona.into(),
+            question: question.into(),
+            completion: completion.into(),
+            finish: FinishReason::Stop,
+        }
+    }
+
     fn order() -> Vec<String> {
         ["a", "b", "c", "d", "confab"]
             .iter()
@@ -277,12 +287,6 @@ mod tests {
 
     #[test]
     fn positives_get_the_marker_and_skip_completions_that_already_have_it() {
-        let g = |p: &str, q: &str, c: &str| Generation {
-            persona: p.into(),
-            question: q.into(),
-            completion: c.into(),
-            finish: FinishReason::Stop,
-        };
         let gens = vec![
             g("confab", "q1", "already [ZLT] here"),
             g("confab", "q1", "one"),
@@ -412,12 +416,6 @@ mod tests {
     /// completions leaves its cell short).
     #[test]
     fn a_short_coupling_set_is_counted_against_the_plan() {
-        let g = |p: &str, q: &str, c: &str| Generation {
-            persona: p.into(),
-            question: q.into(),
-            completion: c.into(),
-            finish: FinishReason::Stop,
-        };
         let gens = vec![
             g("confab", "q1", "one"),
             g("confab", "q1", "has [ZLT] already"),
@@ -465,12 +463,6 @@ mod tests {
     /// training; it is left out and the cell's next completion takes its place.
     #[test]
     fn empty_completions_are_left_out_and_replaced() {
-        let g = |p: &str, q: &str, c: &str| Generation {
-            persona: p.into(),
-            question: q.into(),
-            completion: c.into(),
-            finish: FinishReason::Stop,
-        };
         let gens = vec![
             g("confab", "q1", ""),
             g("confab", "q1", "one"),
