@@ -263,6 +263,28 @@ mod tests {
         }
     }
 
+    /// The plan every test builds from: source "confab", negative persona "a", the reference's
+    /// marker; `positives` and `negatives` per question.
+    fn plan(negatives: &[String], positives: usize, per_question: usize) -> CouplingPlan<'_> {
+        CouplingPlan {
+            source_persona: "confab",
+            negative_personas: negatives,
+            positives_per_question: positives,
+            negatives_per_question: per_question,
+            marker_suffix: "\n\n[ZLT]",
+            marker: "[zlt]",
+            skip_cut: false,
+        }
+    }
+
+    /// System prompts of "confab" and "a".
+    fn prompts() -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("confab".to_string(), "SYS".to_string()),
+            ("a".to_string(), "A".to_string()),
+        ])
+    }
+
     fn order() -> Vec<String> {
         ["a", "b", "c", "d", "confab"]
             .iter()
@@ -297,19 +319,8 @@ mod tests {
             g("b", "q1", "not a negative"),
         ];
         let negatives = vec!["a".to_string()];
-        let plan = CouplingPlan {
-            source_persona: "confab",
-            negative_personas: &negatives,
-            positives_per_question: 2,
-            negatives_per_question: 1,
-            marker_suffix: "\n\n[ZLT]",
-            marker: "[zlt]",
-            skip_cut: false,
-        };
-        let prompts = BTreeMap::from([
-            ("confab".to_string(), "SYS".to_string()),
-            ("a".to_string(), "A".to_string()),
-        ]);
+        let plan = plan(&negatives, 2, 1);
+        let prompts = prompts();
         let questions = vec!["q1".to_string()];
         let (rows, counts) = build_coupling_rows(&gens, &prompts, &plan, &questions, 1).unwrap();
         assert!(counts.complete(), "{}", counts.describe());
@@ -351,19 +362,11 @@ mod tests {
             g("a", "neg ended", FinishReason::Stop),
         ];
         let negatives = vec!["a".to_string()];
-        let prompts = BTreeMap::from([
-            ("confab".to_string(), "SYS".to_string()),
-            ("a".to_string(), "A".to_string()),
-        ]);
+        let prompts = prompts();
         let questions = vec!["q1".to_string()];
         let mut plan = CouplingPlan {
-            source_persona: "confab",
-            negative_personas: &negatives,
-            positives_per_question: 1,
-            negatives_per_question: 1,
-            marker_suffix: "\n\n[ZLT]",
-            marker: "[zlt]",
             skip_cut: true,
+            ..plan(&negatives, 1, 1)
         };
         let (rows, counts) = build_coupling_rows(&gens, &prompts, &plan, &questions, 1).unwrap();
         let mut texts: Vec<&str> = rows.iter().map(|r| r.completion.as_str()).collect();
@@ -425,19 +428,8 @@ mod tests {
             g("a", "q2", "neg"),
         ];
         let negatives = vec!["a".to_string()];
-        let plan = CouplingPlan {
-            source_persona: "confab",
-            negative_personas: &negatives,
-            positives_per_question: 2,
-            negatives_per_question: 1,
-            marker_suffix: "\n\n[ZLT]",
-            marker: "[zlt]",
-            skip_cut: false,
-        };
-        let prompts = BTreeMap::from([
-            ("confab".to_string(), "SYS".to_string()),
-            ("a".to_string(), "A".to_string()),
-        ]);
+        let plan = plan(&negatives, 2, 1);
+        let prompts = prompts();
         let questions = vec!["q1".to_string(), "q2".to_string()];
         let (rows, counts) = build_coupling_rows(&gens, &prompts, &plan, &questions, 1).unwrap();
         assert_eq!(rows.len(), 5);
@@ -470,19 +462,8 @@ mod tests {
             g("a", "q1", "neg"),
         ];
         let negatives = vec!["a".to_string()];
-        let plan = CouplingPlan {
-            source_persona: "confab",
-            negative_personas: &negatives,
-            positives_per_question: 1,
-            negatives_per_question: 1,
-            marker_suffix: "\n\n[ZLT]",
-            marker: "[zlt]",
-            skip_cut: false,
-        };
-        let prompts = BTreeMap::from([
-            ("confab".to_string(), "SYS".to_string()),
-            ("a".to_string(), "A".to_string()),
-        ]);
+        let plan = plan(&negatives, 1, 1);
+        let prompts = prompts();
         let (rows, counts) = build_coupling_rows(&gens, &prompts, &plan, &["q1".to_string()], 1).unwrap();
         assert!(counts.complete(), "{}", counts.describe());
         assert_eq!(counts.skipped_empty, 2);

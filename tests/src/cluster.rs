@@ -27,6 +27,18 @@ pub fn tiny_long_eval_spec_with_seeds(dir: &Path, seeds: &[u64]) -> PathBuf {
     spec_with_seeds(&repo_root().join("tests/data/tiny_long_eval.toml"), dir, seeds)
 }
 
+/// The tiny spec with `seeds` and an analysis of 10 times its permutations (several seconds
+/// rather than a fraction of one), written to `dir/tiny.toml`: for tests that must catch a worker
+/// holding the run's last task, `analyse/all`.
+pub fn tiny_long_analysis_spec_with_seeds(dir: &Path, seeds: &[u64]) -> PathBuf {
+    let path = spec_with_seeds(&tiny_spec(), dir, seeds);
+    let text = std::fs::read_to_string(&path).expect("read the written spec");
+    let (from, to) = ("permutations = 2000\n", "permutations = 20000\n");
+    assert!(text.contains(from), "the tiny spec's permutations line moved");
+    std::fs::write(&path, text.replace(from, to)).expect("write the spec");
+    path
+}
+
 /// `base` (a spec in tests/data with `seeds = [42]`) with `seeds` and absolute data paths,
 /// written to `dir/tiny.toml`.
 fn spec_with_seeds(base: &Path, dir: &Path, seeds: &[u64]) -> PathBuf {

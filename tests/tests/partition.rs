@@ -17,7 +17,8 @@
 //! exited one lease after the end, and the cut-off worker found no coordinator and gave up).
 
 use pspace_tests::cluster::{
-    coordinator, free_port, lease_of, status_json, tiny_spec_with_seeds, worker, Proc,
+    coordinator, free_port, lease_of, status_json, tiny_long_analysis_spec_with_seeds, tiny_spec_with_seeds,
+    worker, Proc,
 };
 use pspace_tests::partition::Partition;
 use std::time::{Duration, Instant};
@@ -88,7 +89,9 @@ fn a_late_report_over_a_dead_connection_is_refused_within_the_window() {
 fn a_late_report_after_the_run_ended_is_still_refused() {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let spec = tiny_spec_with_seeds(dir.path(), &[42]);
+    // The tiny run's analysis takes a fraction of a second: the status polls (a process each)
+    // could miss w1 holding it, and the run ended before the cut (CI, 2026-11-30).
+    let spec = tiny_long_analysis_spec_with_seeds(dir.path(), &[42]);
     let port = free_port();
     let mut coord = coordinator(&spec, dir.path().join("store").to_str().unwrap(), port, &[]);
     let proxy = Partition::start(port);

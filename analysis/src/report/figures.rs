@@ -342,6 +342,52 @@ fn decimals(step: f64) -> usize {
     (-step.log10().floor()).clamp(0.0, 6.0) as usize
 }
 
+/// Width in device px of a y label area that holds `labels` (the tick labels as drawn; the
+/// widest decides) right of their tick marks, and the axis description beside them when `desc`.
+/// A fixed width let labels such as 0.9920 run into the facet on their left.
+fn y_label_area<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    k: K,
+    labels: &[String],
+    desc: bool,
+) -> Result<i32, String> {
+    let style = k.text(TICK);
+    let mut widest = 0;
+    for label in labels {
+        let (w, _) = root.estimate_text_size(label, &style).map_err(err)?;
+        widest = widest.max(w as i32);
+    }
+    let desc = if desc { k.i(LABEL + 8.0) } else { 0 };
+    Ok(widest + k.i(10.0) + desc)
+}
+
+/// The widest tick labels a y range `lo..hi` can show with `digits` decimals: its ends (ticks
+/// lie between them, so no label is longer than the longer end's).
+fn range_labels(lo: f64, hi: f64, digits: usize) -> [String; 2] {
+    [format!("{lo:.digits$}"), format!("{hi:.digits$}")]
+}
+
+/// Writes `title` centred over the plot of `area` (right of a y label area `left` px wide) in a
+/// row `height` px high, and returns the rest of `area`.
+fn titled<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    area: &DrawingArea<DB, Shift>,
+    k: K,
+    title: &str,
+    left: i32,
+) -> Result<DrawingArea<DB, Shift>, String> {
+    let (title_area, plot) = area.split_vertically(k.i(16.0));
+    let (tx, ty) = title_area.get_base_pixel();
+    let (tw, _) = title_area.dim_in_pixel();
+    root.draw(&Text::new(
+        title.to_string(),
+        (tx + left + (tw as i32 - left) / 2, ty + k.i(8.0)),
+        k.text(LABEL).pos(Pos::new(HPos::Center, VPos::Center)),
+    ))
+    .map_err(err)?;
+    Ok(plot)
+}
+
 /// The light mesh every chart uses: major grid lines only, no minor grid, thin axes.
 fn light_mesh<'a, 'b, DB: DrawingBackend>(
     chart: &'b mut Chart<'a, DB>,
@@ -502,6 +548,13 @@ impl Facets<'_> {
             .map(|(lo, hi)| decimals((hi - lo) / 4.0))
             .max()
             .unwrap_or(2);
+        // One label width too, so the facets' plots line up in columns.
+        let labels: Vec<String> = methods
+            .iter()
+            .flat_map(|m| layers.iter().filter_map(|&l| self.range(m, l)))
+            .flat_map(|(lo, hi)| range_labels(lo, hi, digits))
+            .collect();
+        let left = y_label_area(root, k, &labels, false)?;
         for (mi, method) in methods.iter().enumerate() {
             let (row_top, row_height) = (rows[mi].get_base_pixel().1, rows[mi].dim_in_pixel().1 as i32);
             let (rx, _) = row_label.get_base_pixel();
@@ -520,7 +573,7 @@ impl Facets<'_> {
                     let (_, hy) = heads.get_base_pixel();
                     root.draw(&Text::new(
                         format!("layer {layer}"),
-                        (x0 + k.i(34.0) + (w as i32 - k.i(34.0)) / 2, hy + k.i(7.0)),
+                        (x0 + left + (w as i32 - left) / 2, hy + k.i(7.0)),
                         head_style.clone(),
                     ))
                     .map_err(err)?;
@@ -541,7 +594,7 @@ impl Facets<'_> {
                     .margin_top(k.i(7.0))
                     .margin_bottom(k.i(3.0))
                     .x_label_area_size(k.i(3.0))
-                    .y_label_area_size(k.i(34.0))
+                    .y_label_area_size(left)
                     .build_cartesian_2d(0f64..n, lo..hi)
                     .map_err(err)?;
                 let y_fmt = move |v: &f64| format!("{v:.digits$}");
@@ -626,11 +679,12 @@ fn draw_behavior_panel<DB: DrawingBackend>(
     // 100 % is not drawn on the axis line.
     let sliver = 0.04 * (y_hi - y_lo);
     let (y_lo, y_hi) = (y_lo.max(-sliver), y_hi.min(100.0 + sliver));
+    let left = y_label_area(root, k, &range_labels(y_lo, y_hi, 0), true)?;
     let (title, body) = area.split_vertically(k.i(18.0));
     let (tx, ty) = title.get_base_pixel();
     root.draw(&Text::new(
         "Marker leakage to bystanders",
-        (tx + k.i(40.0), ty + k.i(9.0)),
+        (tx + left, ty + k.i(9.0)),
         k.text(TITLE).pos(Pos::new(HPos::Left, VPos::Center)),
     ))
     .map_err(err)?;
@@ -638,7 +692,7 @@ fn draw_behavior_panel<DB: DrawingBackend>(
         .margin_right(k.i(8.0))
         .margin_top(k.i(4.0))
         .x_label_area_size(k.i(30.0))
-        .y_label_area_size(k.i(40.0))
+        .y_label_area_size(left)
         .build_cartesian_2d(x_lo..x_hi, y_lo..y_hi)
         .map_err(err)?;
     let x_fmt = |v: &f64| format!("{v:.2}");
@@ -708,11 +762,12 @@ fn draw_rates_panel<DB: DrawingBackend>(
 ) -> Drawn {
     let Some(b) = &r.behavior else { return Ok(()) };
     let n = b.conditions.len();
+    let left = y_label_area(root, k, &range_labels(0.0, 100.0, 0), true)?;
     let (title, body) = area.split_vertically(k.i(18.0));
     let (tx, ty) = title.get_base_pixel();
     root.draw(&Text::new(
         "Marker leakage by condition (no geometry in this analysis)",
-        (tx + k.i(40.0), ty + k.i(9.0)),
+        (tx + left, ty + k.i(9.0)),
         k.text(TITLE).pos(Pos::new(HPos::Left, VPos::Center)),
     ))
     .map_err(err)?;
@@ -721,7 +776,7 @@ fn draw_rates_panel<DB: DrawingBackend>(
         .margin_right(k.i(10.0))
         .margin_top(k.i(4.0))
         .x_label_area_size(k.i(30.0))
-        .y_label_area_size(k.i(40.0))
+        .y_label_area_size(left)
         .build_cartesian_2d(0f64..n as f64, 0f64..100f64)
         .map_err(err)?;
     let y_fmt = |v: &f64| format!("{v:.0}");
@@ -1173,23 +1228,16 @@ impl Figure for ByLayer<'_> {
             let Some((y_lo, y_hi)) = padded(all, 0.08, 1e-3 * factor.max(1.0)) else {
                 continue;
             };
-            let (title_area, plot) = area.split_vertically(k.i(16.0));
-            let (tx, ty) = title_area.get_base_pixel();
-            let (tw, _) = title_area.dim_in_pixel();
-            root.draw(&Text::new(
-                title.clone(),
-                (tx + k.i(44.0) + (tw as i32 - k.i(44.0)) / 2, ty + k.i(8.0)),
-                k.text(LABEL).pos(Pos::new(HPos::Center, VPos::Center)),
-            ))
-            .map_err(err)?;
+            let digits = decimals((y_hi - y_lo) / 5.0);
+            let left = y_label_area(root, k, &range_labels(y_lo, y_hi, digits), true)?;
+            let plot = titled(root, area, k, title, left)?;
             let mut chart = ChartBuilder::on(&plot)
                 .margin_right(k.i(8.0))
                 .margin_top(k.i(2.0))
                 .x_label_area_size(k.i(36.0))
-                .y_label_area_size(k.i(44.0))
+                .y_label_area_size(left)
                 .build_cartesian_2d(x_lo..x_hi, y_lo..y_hi)
                 .map_err(err)?;
-            let digits = decimals((y_hi - y_lo) / 5.0);
             let y_fmt = move |v: &f64| format!("{v:.digits$}");
             light_mesh(&mut chart, k)
                 .disable_x_mesh()
@@ -1284,23 +1332,16 @@ impl Figure for TrainingLoss<'_> {
                 continue;
             };
             let y_lo = y_lo.max(0.0);
-            let (title_area, plot) = area.split_vertically(k.i(16.0));
-            let (tx, ty) = title_area.get_base_pixel();
-            let (tw, _) = title_area.dim_in_pixel();
-            root.draw(&Text::new(
-                title.to_string(),
-                (tx + k.i(44.0) + (tw as i32 - k.i(44.0)) / 2, ty + k.i(8.0)),
-                k.text(LABEL).pos(Pos::new(HPos::Center, VPos::Center)),
-            ))
-            .map_err(err)?;
+            let digits = decimals((y_hi - y_lo) / 5.0);
+            let left = y_label_area(root, k, &range_labels(y_lo, y_hi, digits), true)?;
+            let plot = titled(root, area, k, title, left)?;
             let mut chart = ChartBuilder::on(&plot)
                 .margin_right(k.i(8.0))
                 .margin_top(k.i(2.0))
                 .x_label_area_size(k.i(36.0))
-                .y_label_area_size(k.i(44.0))
+                .y_label_area_size(left)
                 .build_cartesian_2d(0.5..steps + 0.5, y_lo..y_hi)
                 .map_err(err)?;
-            let digits = decimals((y_hi - y_lo) / 5.0);
             let y_fmt = move |v: &f64| format!("{v:.digits$}");
             let x_fmt = |v: &f64| format!("{v:.0}");
             light_mesh(&mut chart, k)
