@@ -159,12 +159,13 @@ pub struct Experiment {
     pub seeds: Vec<u64>,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
-    /// The floating-point type models compute in: `f32` or `bf16` (absent: the device's
-    /// default, bf16 on CUDA and f32 on CPU). When given, part of the ids of the tasks that run
-    /// the model (bf16 moves trained adapters and sampled completions far past rounding, so an
-    /// f32 result must not be reused by a bf16 run); absent, ids are as before the key existed.
+    /// The floating-point type models compute in: `f32`, `bf16`, or `auto` (absent: the
+    /// device's default, bf16 on CUDA and f32 on CPU). When given, part of the ids of the tasks
+    /// that run the model (bf16 moves trained adapters and sampled completions far past
+    /// rounding, so an f32 result must not be reused by a bf16 run); absent, ids are as before
+    /// the key existed. `auto` is settled once per run where it starts ([`Spec::settle_dtype`]).
     #[serde(default)]
-    pub dtype: Option<pspace_engine::Dtype>,
+    pub dtype: Option<DtypeSetting>,
     /// Where runs are stored: a folder, or `s3://bucket/prefix`.
     pub store: String,
 }
@@ -278,6 +279,31 @@ pub struct Training {
 pub struct DryRunLengths {
     pub mean: f64,
     pub sigma: f64,
+}
+
+/// `[experiment] dtype` as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DtypeSetting {
+    F32,
+    Bf16,
+    /// bf16 on CUDA; on a CPU whichever of f32 and bf16 multiplies faster there (CPUs of one
+    /// kind differ by 9x either way), measured where the run starts, kept for the store, and
+    /// followed by every worker.
+    Auto,
+}
+
+impl Experiment {
+    /// The type models compute in, when the spec fixes one: `f32` or `bf16`, or `auto` once
+    /// settled. `None`: the device's default (also for an `auto` not settled, as in a tool that
+    /// plans without running the model, so ids and compute still agree).
+    pub fn fixed_dtype(&self) -> Option<pspace_engine::Dtype> {
+        match self.dtype? {
+            DtypeSetting::F32 => Some(pspace_engine::Dtype::F32),
+            DtypeSetting::Bf16 => Some(pspace_engine::Dtype::Bf16),
+            DtypeSetting::Auto => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -597,6 +623,18 @@ impl Spec {
         }
     }
 
+    /// Settles `dtype = "auto"` to `chosen` (measured where the run starts; workers get it
+    /// from the coordinator), so the ids and every worker's compute use one type; any other
+    /// setting stays.
+    pub fn settle_dtype(&mut self, chosen: pspace_engine::Dtype) {
+        if self.experiment.dtype == Some(DtypeSetting::Auto) {
+            self.experiment.dtype = Some(match chosen {
+                pspace_engine::Dtype::F32 => DtypeSetting::F32,
+                pspace_engine::Dtype::Bf16 => DtypeSetting::Bf16,
+            });
+        }
+    }
+
     /// The tasks of one seed in dependency order (inputs before the tasks that read them).
     pub fn expand(&self, seed: u64, files: &Fingerprints) -> Vec<Task> {
         self.plan(seed, files).into_iter().map(|p| p.task).collect()
@@ -616,7 +654,7 @@ impl Spec {
                 "files": reads,
                 "stage": self.stage_params(kind, label),
             });
-            if let (Some(dtype), true) = (self.experiment.dtype, runs_model) {
+            if let (Some(dtype), true) = (self.experiment.fixed_dtype(), runs_model) {
                 params["dtype"] = json!(dtype);
             }
             PlannedTask {
@@ -1446,13 +1484,27 @@ mod tests {
         let parse = |text: &str| Spec::parse(text, "x.toml", PathBuf::new());
         assert_eq!(parse(&without).unwrap().experiment.dtype, None);
         assert_eq!(
-            parse(&with("\"bf16\"")).unwrap().experiment.dtype,
+            parse(&with("\"bf16\"")).unwrap().experiment.fixed_dtype(),
             Some(pspace_engine::Dtype::Bf16)
         );
         assert_eq!(
-            parse(&with("\"f32\"")).unwrap().experiment.dtype,
+            parse(&with("\"f32\"")).unwrap().experiment.fixed_dtype(),
             Some(pspace_engine::Dtype::F32)
         );
+        // `auto` until settled plans as the device's default; settled, as the type it chose.
+        let mut auto = parse(&with("\"auto\"")).unwrap();
+        assert_eq!(auto.experiment.fixed_dtype(), None);
+        let default_ids = parse(&without).unwrap().expand(42, &Fingerprints::placeholder());
+        let ids = |s: &Spec| -> Vec<String> {
+            s.expand(42, &Fingerprints::placeholder())
+                .iter()
+                .map(Task::id)
+                .collect()
+        };
+        assert_eq!(ids(&auto), default_ids.iter().map(Task::id).collect::<Vec<_>>());
+        auto.settle_dtype(pspace_engine::Dtype::Bf16);
+        assert_eq!(auto.experiment.dtype, Some(DtypeSetting::Bf16));
+        assert_eq!(ids(&auto), ids(&parse(&with("\"bf16\"")).unwrap()));
         let found = problems(&with("\"fp16\""));
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(

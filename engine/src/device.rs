@@ -268,6 +268,17 @@ pub fn matmul_tflops_in(device: tch::Device, kind: tch::Kind) -> f64 {
     2.0 * (n as f64).powi(3) * reps as f64 / secs / 1e12
 }
 
+/// This CPU's dense matmul rates in TFLOP/s, (f32, bf16), for `dtype = "auto"`: machines of one
+/// kind differ by 9x in which is faster (measured on two 2-core machines of this project's CI
+/// kind with `pspace doctor`: bf16 0.33 against f32 0.07 on one, 0.14 against 0.28 on another
+/// with AVX512_BF16 but no AMX). About a tenth of a second.
+pub fn cpu_matmul_rates() -> (f64, f64) {
+    (
+        matmul_tflops_in(tch::Device::Cpu, tch::Kind::Float),
+        matmul_tflops_in(tch::Device::Cpu, tch::Kind::BFloat16),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

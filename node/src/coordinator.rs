@@ -56,12 +56,15 @@ async fn signalled() -> Stopped {
 
 pub fn run(args: CoordinatorArgs) -> Result<()> {
     let security = args.security.load()?;
-    let loaded = load_spec(args.spec.as_deref())?;
-    let spec = &loaded.spec;
+    let mut loaded = load_spec(args.spec.as_deref())?;
+    // The workers' devices are theirs; the spec's device says whether they are GPUs.
+    let device = loaded.spec.experiment.device.parse::<pspace_engine::Device>()?;
     let location = args
         .store
         .clone()
-        .unwrap_or_else(|| spec.experiment.store.clone());
+        .unwrap_or_else(|| loaded.spec.experiment.store.clone());
+    session::settle_dtype(&mut loaded.spec, &[device], &session::scratch_for(&location)?)?;
+    let spec = &loaded.spec;
     eprintln!(
         "experiment {:?}: model {}, seeds {:?}, store {location}",
         spec.experiment.name, spec.experiment.model, spec.experiment.seeds

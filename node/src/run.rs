@@ -11,17 +11,18 @@ use pspace_actors::worker::{run_worker, OnLost, RestartPolicy, WorkerConfig, Wor
 use std::time::Duration;
 
 pub fn run(args: RunArgs) -> Result<()> {
-    let loaded = load_spec(args.spec.as_deref())?;
-    let spec = &loaded.spec;
+    let mut loaded = load_spec(args.spec.as_deref())?;
     let device = args
         .device
         .clone()
-        .unwrap_or_else(|| spec.experiment.device.clone());
+        .unwrap_or_else(|| loaded.spec.experiment.device.clone());
     let devices = crate::devices::slots(&device, args.gpus.as_deref())?;
     let location = args
         .store
         .clone()
-        .unwrap_or_else(|| spec.experiment.store.clone());
+        .unwrap_or_else(|| loaded.spec.experiment.store.clone());
+    session::settle_dtype(&mut loaded.spec, &devices, &session::scratch_for(&location)?)?;
+    let spec = &loaded.spec;
     let names: Vec<String> = devices.iter().map(|d| d.to_string()).collect();
     eprintln!(
         "experiment {:?}: model {}, device {}{}, seeds {:?}, store {location}",
@@ -29,7 +30,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         spec.experiment.model,
         names.join(","),
         spec.experiment
-            .dtype
+            .fixed_dtype()
             .map(|d| format!(" ({d})"))
             .unwrap_or_default(),
         spec.experiment.seeds

@@ -39,6 +39,69 @@ pub fn load_spec(path: Option<&Path>) -> Result<LoadedSpec> {
     }
 }
 
+/// Settles the spec's `dtype = "auto"` for a run on `devices` whose store has the scratch folder
+/// `scratch` (every worker then computes in the type settled here): bf16 when any device is a
+/// GPU; on a CPU the faster of f32 and bf16 there, measured once per store and kept in
+/// `<scratch>/dtype-auto.json`, so that a resumed run (and `pspace status`) settles the same way
+/// even where the two rates are close. One line says what was chosen and why.
+pub fn settle_dtype(spec: &mut Spec, devices: &[pspace_engine::Device], scratch: &Path) -> Result<()> {
+    use pspace_engine::Dtype;
+    if spec.experiment.dtype != Some(pspace_actors::spec::DtypeSetting::Auto) {
+        return Ok(());
+    }
+    if devices
+        .iter()
+        .any(|d| matches!(d, pspace_engine::Device::Cuda(_)))
+    {
+        eprintln!("dtype auto: bf16 (the run computes on CUDA)");
+        spec.settle_dtype(Dtype::Bf16);
+        return Ok(());
+    }
+    let path = scratch.join("dtype-auto.json");
+    let kept = match std::fs::read(&path) {
+        Ok(bytes) => Some(
+            serde_json::from_slice::<serde_json::Value>(&bytes).with_context(|| {
+                format!(
+                    "{} is not the JSON pspace wrote (delete it to measure again)",
+                    path.display()
+                )
+            })?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let record = match kept {
+        Some(record) => record,
+        None => {
+            let (f32_rate, bf16_rate) = pspace_engine::device::cpu_matmul_rates();
+            let dtype = if bf16_rate > f32_rate { "bf16" } else { "f32" };
+            let record = serde_json::json!({
+                "dtype": dtype, "f32_tflops": f32_rate, "bf16_tflops": bf16_rate,
+            });
+            std::fs::create_dir_all(scratch)
+                .and_then(|()| std::fs::write(&path, serde_json::to_vec_pretty(&record)?))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            record
+        }
+    };
+    let chosen = match record["dtype"].as_str() {
+        Some("f32") => Dtype::F32,
+        Some("bf16") => Dtype::Bf16,
+        other => anyhow::bail!(
+            "{}: \"dtype\" is {other:?}, expected \"f32\" or \"bf16\" (delete the file to measure again)",
+            path.display()
+        ),
+    };
+    eprintln!(
+        "dtype auto: {chosen} (this CPU multiplies at {:.3} TFLOP/s in f32, {:.3} in bf16; kept in {})",
+        record["f32_tflops"].as_f64().unwrap_or(f64::NAN),
+        record["bf16_tflops"].as_f64().unwrap_or(f64::NAN),
+        path.display()
+    );
+    spec.settle_dtype(chosen);
+    Ok(())
+}
+
 /// Every check that needs no compute, all at once (model config, data files, sets, ranges):
 /// one line per problem and an error, or a line of what was learned.
 pub fn preflight(spec: &Spec) -> Result<()> {

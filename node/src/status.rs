@@ -43,12 +43,14 @@ pub fn run(args: StatusArgs) -> Result<()> {
 /// the store; attempts and failures come from the journal, all runs (read only: no epoch is
 /// claimed).
 async fn from_store(args: &StatusArgs) -> Result<()> {
-    let loaded = load_spec(args.spec.as_deref())?;
-    let spec = loaded.spec;
+    let mut spec = load_spec(args.spec.as_deref())?.spec;
     let location = args
         .store
         .clone()
         .unwrap_or_else(|| spec.experiment.store.clone());
+    // As the run settled it (the ids of the tasks that run the model name it).
+    let device = spec.experiment.device.parse::<pspace_engine::Device>()?;
+    session::settle_dtype(&mut spec, &[device], &session::scratch_for(&location)?)?;
     let store = Store::open(&location)?;
     let events = Journal::read(&store, &spec.experiment.name).await?;
     // Every run's events: the highest attempt a task reached and every failure it had.

@@ -118,3 +118,72 @@ fn a_sound_spec_prints_its_plan() {
     assert_eq!(stdout.lines().count(), 16, "{stdout}");
     assert!(stderr.contains("model "), "the checks' summary: {stderr}");
 }
+
+/// `dtype = "auto"` is measured once per store and kept: the first start says which type it
+/// chose and why, a later start (a resumed run, `pspace status`) reads the kept choice instead
+/// of measuring again (close rates could otherwise flip it and change every model task's id),
+/// and a damaged record is an error that names the file.
+#[test]
+fn dtype_auto_is_measured_once_per_store_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = pspace_tests::cluster::tiny_spec_with_seeds(dir.path(), &[42]);
+    let text = std::fs::read_to_string(&spec).unwrap();
+    assert!(
+        text.contains("\ndevice = \"cpu\"\n"),
+        "the tiny spec's device line moved"
+    );
+    std::fs::write(
+        &spec,
+        text.replace("\ndevice = \"cpu\"\n", "\ndevice = \"cpu\"\ndtype = \"auto\"\n"),
+    )
+    .unwrap();
+    let store = dir.path().join("store");
+    let start = || {
+        let out = Command::new(pspace_bin())
+            .args(["run", "--dry-run", "--store"])
+            .arg(&store)
+            .arg(&spec)
+            .output()
+            .expect("run pspace");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let kept = store.join(".scratch/dtype-auto.json");
+    let (code, stderr) = start();
+    assert_eq!(code, Some(0), "{stderr}");
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(&kept).unwrap()).unwrap();
+    let chosen = record["dtype"].as_str().unwrap().to_string();
+    let (f32_rate, bf16_rate) = (
+        record["f32_tflops"].as_f64().unwrap(),
+        record["bf16_tflops"].as_f64().unwrap(),
+    );
+    assert_eq!(chosen, if bf16_rate > f32_rate { "bf16" } else { "f32" });
+    assert!(
+        stderr.contains(&format!("dtype auto: {chosen} (this CPU multiplies at"))
+            && stderr.contains(&format!("device cpu ({chosen})")),
+        "{stderr}"
+    );
+    // The kept record decides, not a new measurement.
+    let other = if chosen == "f32" { "bf16" } else { "f32" };
+    std::fs::write(
+        &kept,
+        record
+            .to_string()
+            .replace(&format!("\"{chosen}\""), &format!("\"{other}\"")),
+    )
+    .unwrap();
+    let (code, stderr) = start();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains(&format!("dtype auto: {other} (")), "{stderr}");
+    std::fs::write(&kept, "{\"dtype\": \"fp16\"}").unwrap();
+    let (code, stderr) = start();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("dtype-auto.json")
+            && stderr.contains("\"fp16\"")
+            && stderr.contains("expected \"f32\" or \"bf16\""),
+        "{stderr}"
+    );
+}

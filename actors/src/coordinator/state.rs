@@ -223,6 +223,13 @@ impl CoordinatorState {
             heartbeat_ms: self.config.timing.heartbeat_ms,
             lease_ms: self.config.timing.lease_ms,
             epoch: self.journal.epoch,
+            dtype: self
+                .config
+                .spec
+                .experiment
+                .fixed_dtype()
+                .map(|d| d.to_string())
+                .unwrap_or_default(),
         }
     }
 

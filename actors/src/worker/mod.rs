@@ -43,6 +43,8 @@ pub enum WorkerError {
     NoModel { model: String },
     #[error("cannot start the worker's actors: {0}")]
     Spawn(String),
+    #[error("the coordinator settled the spec's dtype to {0:?}, expected \"f32\" or \"bf16\" (a coordinator of another pspace version?)")]
+    Dtype(String),
 }
 
 /// How a worker is set up.
@@ -76,11 +78,16 @@ pub enum WorkerOutcome {
 /// runs one slot per device until the coordinator reports the run finished or failed.
 pub async fn run_worker(config: WorkerConfig) -> Result<WorkerOutcome, WorkerError> {
     let info = register(&config).await?;
-    let spec = Arc::new(Spec::parse(
-        &info.spec_toml,
-        &info.spec_origin,
-        PathBuf::from(&info.spec_root),
-    )?);
+    let mut spec = Spec::parse(&info.spec_toml, &info.spec_origin, PathBuf::from(&info.spec_root))?;
+    // The coordinator's settled `dtype = "auto"`: the task ids name it, so this worker computes
+    // in it rather than settling its own.
+    match info.dtype.as_str() {
+        "f32" => spec.settle_dtype(pspace_engine::Dtype::F32),
+        "bf16" => spec.settle_dtype(pspace_engine::Dtype::Bf16),
+        "" => {}
+        other => return Err(WorkerError::Dtype(other.to_string())),
+    }
+    let spec = Arc::new(spec);
     let store = match &config.store {
         Some(s) => s.clone(),
         None => Store::open(&info.store)?,
@@ -111,7 +118,7 @@ pub async fn run_worker(config: WorkerConfig) -> Result<WorkerOutcome, WorkerErr
                 source.clone(),
                 spec.experiment.model.clone(),
                 *device,
-                spec.experiment.dtype,
+                spec.experiment.fixed_dtype(),
             ),
             scratch: config.scratch.join(device.to_string().replace(':', "-")),
         };
