@@ -141,3 +141,60 @@ fn three_workers_on_seaweedfs_match_pspace_run() {
     let (e, g) = (seeds_path(&run_stdout), seeds_path(&stdout));
     assert_eq!(read_s3(&s3, &e), read_s3(&s3, &g), "{g} differs from {e}");
 }
+
+/// `dtype = "auto"` is settled once, by the coordinator, and every worker computes in that type
+/// rather than settling its own: with the coordinator's kept record saying the type this CPU
+/// would not choose, the workers' result.json is byte-identical to `pspace run` with that type
+/// written in the spec (a worker that settled by itself would compute in the other type).
+#[test]
+fn workers_compute_in_the_type_the_coordinator_settled() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_dtype = |sub: &str, value: &str| {
+        let folder = dir.path().join(sub);
+        std::fs::create_dir_all(&folder).unwrap();
+        let spec = tiny_spec_with_seeds(&folder, &[42]);
+        let text = std::fs::read_to_string(&spec).unwrap();
+        let line = "\ndevice = \"cpu\"\n";
+        assert!(text.contains(line), "the tiny spec's device line moved");
+        std::fs::write(&spec, text.replace(line, &format!("{line}dtype = \"{value}\"\n"))).unwrap();
+        spec
+    };
+    let auto = with_dtype("auto", "auto");
+    // What this CPU settles to, from a dry run's kept record.
+    let probe = dir.path().join("probe");
+    let out = std::process::Command::new(pspace_tests::pspace_bin())
+        .args(["run", "--dry-run", "--store"])
+        .arg(&probe)
+        .arg(&auto)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let record = std::fs::read_to_string(probe.join(".scratch/dtype-auto.json")).unwrap();
+    let own: serde_json::Value = serde_json::from_str(&record).unwrap();
+    let other = if own["dtype"] == "f32" { "bf16" } else { "f32" };
+
+    let embedded = dir.path().join("embedded");
+    let (stdout, _) = run_embedded(&with_dtype("fixed", other), embedded.to_str().unwrap(), &[]);
+    let expected = result_paths(&stdout);
+
+    let cluster = dir.path().join("cluster");
+    std::fs::create_dir_all(cluster.join(".scratch")).unwrap();
+    std::fs::write(
+        cluster.join(".scratch/dtype-auto.json"),
+        record.replace(
+            &format!("\"{}\"", own["dtype"].as_str().unwrap()),
+            &format!("\"{other}\""),
+        ),
+    )
+    .unwrap();
+    let stdout = distributed(&auto, cluster.to_str().unwrap(), &[]);
+    let got = result_paths(&stdout);
+    assert_eq!((expected.len(), got.len()), (1, 1), "one result each:\n{stdout}");
+    assert_eq!(
+        std::fs::read(&expected[0]).unwrap(),
+        std::fs::read(&got[0]).unwrap(),
+        "the workers did not compute in the coordinator's {other}: {} differs from {}",
+        got[0],
+        expected[0]
+    );
+}
