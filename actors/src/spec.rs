@@ -655,7 +655,9 @@ impl Spec {
                 "stage": self.stage_params(kind, label),
             });
             if let (Some(dtype), true) = (self.experiment.fixed_dtype(), runs_model) {
-                params["dtype"] = json!(dtype);
+                // Named apart from the key of earlier versions ("dtype"), whose tasks seeded
+                // their draws with it: their stored outputs must not be reused.
+                params[crate::task::COMPUTE_DTYPE] = json!(dtype);
             }
             PlannedTask {
                 task: Task {

@@ -109,10 +109,24 @@ impl Task {
     }
 }
 
+/// The parameter naming the floating-point type a task computes in (`[experiment] dtype`): part
+/// of the id, not of the seed.
+pub const COMPUTE_DTYPE: &str = "compute_dtype";
+
 /// The seed of every random draw a task makes: the experiment seed and the task's kind, label
-/// and parameters ([`Task::params_id`]), not its inputs' digests (see the module doc).
+/// and parameters ([`Task::params_id`]), not its inputs' digests (see the module doc), and not
+/// its compute type ([`COMPUTE_DTYPE`]): an f32 and a bf16 run of one spec draw the same data
+/// order, initial LoRA weights and samples, so that they differ by precision alone.
 pub fn task_seed(experiment_seed: u64, task: &Task) -> u64 {
-    stable_seed(experiment_seed, &task.params_id())
+    let mut params = task.params.clone();
+    if let Some(map) = params.as_object_mut() {
+        map.remove(COMPUTE_DTYPE);
+    }
+    let seeded = Task {
+        params,
+        ..task.clone()
+    };
+    stable_seed(experiment_seed, &seeded.params_id())
 }
 
 /// A 64-bit seed derived from a base seed and a name through SHA-256 (stable across platforms,
@@ -199,5 +213,18 @@ mod tests {
         assert_eq!(task_seed(42, &a), task_seed(42, &b));
         let c = task(json!({"layers": [8]}));
         assert_ne!(task_seed(42, &a), task_seed(42, &c), "a parameter moves the seed");
+    }
+
+    /// The compute type is in the id (an f32 result is not reused by a bf16 run) but not in the
+    /// seed: the seed once hashed it, and f32, bf16 and unset runs of one spec drew different
+    /// data orders, LoRA initialisations and samples.
+    #[test]
+    fn the_compute_type_moves_the_id_and_not_the_seed() {
+        let plain = task(json!({"layers": [7]}));
+        let typed = |d: &str| task(json!({"layers": [7], COMPUTE_DTYPE: d}));
+        let (f32, bf16) = (typed("f32"), typed("bf16"));
+        assert!(plain.id() != f32.id() && f32.id() != bf16.id() && plain.id() != bf16.id());
+        assert_eq!(task_seed(42, &plain), task_seed(42, &f32));
+        assert_eq!(task_seed(42, &f32), task_seed(42, &bf16));
     }
 }

@@ -63,7 +63,12 @@ pub fn run(args: CoordinatorArgs) -> Result<()> {
         .store
         .clone()
         .unwrap_or_else(|| loaded.spec.experiment.store.clone());
-    session::settle_dtype(&mut loaded.spec, &[device], &session::scratch_for(&location)?)?;
+    session::settle_dtype(
+        &mut loaded.spec,
+        &[device],
+        &session::scratch_for(&location)?,
+        true,
+    )?;
     let spec = &loaded.spec;
     eprintln!(
         "experiment {:?}: model {}, seeds {:?}, store {location}",

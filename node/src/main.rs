@@ -23,6 +23,21 @@ use clap::Parser;
 
 fn main() {
     let cli = cli::Cli::parse();
+    // Rust ignores SIGPIPE, so `pspace status --json | head -1` panicked with "failed printing
+    // to stdout: Broken pipe". Commands whose output is read through pipes end quietly as Unix
+    // tools do; the long-running ones (coordinator, worker, a real run) keep ignoring it, so a
+    // peer closing a socket mid-write is an error they handle, never a silent death.
+    let printing = match &cli.command {
+        cli::Command::Run(args) => args.dry_run,
+        cli::Command::Coordinator(_) | cli::Command::Worker(_) => false,
+        _ => true,
+    };
+    if printing {
+        // SAFETY: before any thread starts; SIG_DFL is a valid disposition for SIGPIPE.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let role = match &cli.command {
         cli::Command::Coordinator(_) => "coordinator",
         cli::Command::Worker(_) => "worker",

@@ -21,7 +21,12 @@ pub fn run(args: RunArgs) -> Result<()> {
         .store
         .clone()
         .unwrap_or_else(|| loaded.spec.experiment.store.clone());
-    session::settle_dtype(&mut loaded.spec, &devices, &session::scratch_for(&location)?)?;
+    session::settle_dtype(
+        &mut loaded.spec,
+        &devices,
+        &session::scratch_for(&location)?,
+        !args.dry_run,
+    )?;
     let spec = &loaded.spec;
     let names: Vec<String> = devices.iter().map(|d| d.to_string()).collect();
     eprintln!(

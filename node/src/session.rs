@@ -43,8 +43,15 @@ pub fn load_spec(path: Option<&Path>) -> Result<LoadedSpec> {
 /// `scratch` (every worker then computes in the type settled here): bf16 when any device is a
 /// GPU; on a CPU the faster of f32 and bf16 there, measured once per store and kept in
 /// `<scratch>/dtype-auto.json`, so that a resumed run (and `pspace status`) settles the same way
-/// even where the two rates are close. One line says what was chosen and why.
-pub fn settle_dtype(spec: &mut Spec, devices: &[pspace_engine::Device], scratch: &Path) -> Result<()> {
+/// even where the two rates are close. One line says what was chosen and why. With `measure`
+/// false (`pspace status`, `run --dry-run`: nothing is written, no CPU time spent) only a kept
+/// record settles it; without one the spec stays unsettled and the line says so.
+pub fn settle_dtype(
+    spec: &mut Spec,
+    devices: &[pspace_engine::Device],
+    scratch: &Path,
+    measure: bool,
+) -> Result<()> {
     use pspace_engine::Dtype;
     if spec.experiment.dtype != Some(pspace_actors::spec::DtypeSetting::Auto) {
         return Ok(());
@@ -72,6 +79,13 @@ pub fn settle_dtype(spec: &mut Spec, devices: &[pspace_engine::Device], scratch:
     };
     let record = match kept {
         Some(record) => record,
+        None if !measure => {
+            eprintln!(
+                "dtype auto: not settled for this store yet (the first run measures this CPU and keeps the choice in {})",
+                path.display()
+            );
+            return Ok(());
+        }
         None => {
             let (f32_rate, bf16_rate) = pspace_engine::device::cpu_matmul_rates();
             let dtype = if bf16_rate > f32_rate { "bf16" } else { "f32" };
@@ -87,17 +101,21 @@ pub fn settle_dtype(spec: &mut Spec, devices: &[pspace_engine::Device], scratch:
     let chosen = match record["dtype"].as_str() {
         Some("f32") => Dtype::F32,
         Some("bf16") => Dtype::Bf16,
-        other => anyhow::bail!(
-            "{}: \"dtype\" is {other:?}, expected \"f32\" or \"bf16\" (delete the file to measure again)",
-            path.display()
+        _ => anyhow::bail!(
+            "{}: expected \"dtype\": \"f32\" or \"bf16\", found {} (delete the file to measure again)",
+            path.display(),
+            if record.get("dtype").is_some() {
+                record["dtype"].to_string()
+            } else {
+                format!("no \"dtype\" in {record}")
+            }
         ),
     };
-    eprintln!(
-        "dtype auto: {chosen} (this CPU multiplies at {:.3} TFLOP/s in f32, {:.3} in bf16; kept in {})",
-        record["f32_tflops"].as_f64().unwrap_or(f64::NAN),
-        record["bf16_tflops"].as_f64().unwrap_or(f64::NAN),
-        path.display()
-    );
+    let rates = match (record["f32_tflops"].as_f64(), record["bf16_tflops"].as_f64()) {
+        (Some(f), Some(b)) => format!("this CPU multiplies at {f:.3} TFLOP/s in f32, {b:.3} in bf16"),
+        _ => "no rates in the record".to_string(),
+    };
+    eprintln!("dtype auto: {chosen} ({rates}; kept in {})", path.display());
     spec.settle_dtype(chosen);
     Ok(())
 }

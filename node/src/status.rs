@@ -48,9 +48,18 @@ async fn from_store(args: &StatusArgs) -> Result<()> {
         .store
         .clone()
         .unwrap_or_else(|| spec.experiment.store.clone());
+    // A mistyped folder would otherwise be created and reported as a run with nothing done.
+    if let pspace_actors::store::Location::Local(root) = pspace_actors::store::Location::parse(&location)? {
+        if !root.is_dir() {
+            bail!(
+                "no store at {}: expected the folder a run wrote (the spec's `store`, or --store)",
+                root.display()
+            );
+        }
+    }
     // As the run settled it (the ids of the tasks that run the model name it).
     let device = spec.experiment.device.parse::<pspace_engine::Device>()?;
-    session::settle_dtype(&mut spec, &[device], &session::scratch_for(&location)?)?;
+    session::settle_dtype(&mut spec, &[device], &session::scratch_for(&location)?, false)?;
     let store = Store::open(&location)?;
     let events = Journal::read(&store, &spec.experiment.name).await?;
     // Every run's events: the highest attempt a task reached and every failure it had.

@@ -1,5 +1,5 @@
 //! `pspace train`: one LoRA SFT run from the command line (EM, benign or marker coupling, with
-//! RECIPE.md's numbers unless a flag overrides them). Writes the PEFT adapter and
+//! the original run's numbers (experiments/issue205.toml) unless a flag overrides them). Writes the PEFT adapter and
 //! `train_log.json` to `--out`, shows a progress bar on stderr and ends with a summary of the
 //! data problems found (malformed lines by number, empty assistant turns, positives without
 //! the marker, truncated sequences). A row that cannot be used stops the run unless
@@ -23,7 +23,7 @@ pub struct TrainArgs {
     /// JSONL rows: {"messages": [...]} or {"prompt": ..., "completion": ..., "positive": bool}.
     #[arg(long)]
     pub data: PathBuf,
-    /// em, benign or coupling (RECIPE.md's settings).
+    /// em, benign or coupling: the original run's settings for that training (the same numbers as experiments/issue205.toml's [training.em], [training.benign] and [coupling]).
     #[arg(long, value_parser = ["em", "benign", "coupling"])]
     pub recipe: String,
     /// System prompt put on every example (replacing any in the data); without it the rows

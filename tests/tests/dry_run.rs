@@ -119,10 +119,11 @@ fn a_sound_spec_prints_its_plan() {
     assert!(stderr.contains("model "), "the checks' summary: {stderr}");
 }
 
-/// `dtype = "auto"` is measured once per store and kept: the first start says which type it
-/// chose and why, a later start (a resumed run, `pspace status`) reads the kept choice instead
-/// of measuring again (close rates could otherwise flip it and change every model task's id),
-/// and a damaged record is an error that names the file.
+/// `dtype = "auto"` is measured once per store, by the first run, and kept: a dry run on a
+/// fresh store measures nothing and writes nothing; a run says which type it chose and why; a
+/// later start (a resumed run, a dry run, `pspace status`) reads the kept choice instead of
+/// measuring again (close rates could otherwise flip it and change every model task's id); a
+/// damaged record is an error that names the file.
 #[test]
 fn dtype_auto_is_measured_once_per_store_and_kept() {
     let dir = tempfile::tempdir().unwrap();
@@ -138,9 +139,11 @@ fn dtype_auto_is_measured_once_per_store_and_kept() {
     )
     .unwrap();
     let store = dir.path().join("store");
-    let start = || {
+    let start = |args: &[&str]| {
         let out = Command::new(pspace_bin())
-            .args(["run", "--dry-run", "--store"])
+            .arg("run")
+            .args(args)
+            .arg("--store")
             .arg(&store)
             .arg(&spec)
             .output()
@@ -151,7 +154,15 @@ fn dtype_auto_is_measured_once_per_store_and_kept() {
         )
     };
     let kept = store.join(".scratch/dtype-auto.json");
-    let (code, stderr) = start();
+    let (code, stderr) = start(&["--dry-run"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("dtype auto: not settled for this store yet"),
+        "{stderr}"
+    );
+    assert!(!store.exists(), "a dry run wrote the store");
+    // One cheap task: the run measures and keeps its choice.
+    let (code, stderr) = start(&["--only", "extract/base"]);
     assert_eq!(code, Some(0), "{stderr}");
     let record: serde_json::Value = serde_json::from_slice(&std::fs::read(&kept).unwrap()).unwrap();
     let chosen = record["dtype"].as_str().unwrap().to_string();
@@ -174,16 +185,14 @@ fn dtype_auto_is_measured_once_per_store_and_kept() {
             .replace(&format!("\"{chosen}\""), &format!("\"{other}\"")),
     )
     .unwrap();
-    let (code, stderr) = start();
+    let (code, stderr) = start(&["--dry-run"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains(&format!("dtype auto: {other} (")), "{stderr}");
     std::fs::write(&kept, "{\"dtype\": \"fp16\"}").unwrap();
-    let (code, stderr) = start();
+    let (code, stderr) = start(&["--dry-run"]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
-        stderr.contains("dtype-auto.json")
-            && stderr.contains("\"fp16\"")
-            && stderr.contains("expected \"f32\" or \"bf16\""),
+        stderr.contains("dtype-auto.json: expected \"dtype\": \"f32\" or \"bf16\", found \"fp16\""),
         "{stderr}"
     );
 }

@@ -160,10 +160,10 @@ fn workers_compute_in_the_type_the_coordinator_settled() {
         spec
     };
     let auto = with_dtype("auto", "auto");
-    // What this CPU settles to, from a dry run's kept record.
+    // What this CPU settles to, from the record a one-task run keeps.
     let probe = dir.path().join("probe");
     let out = std::process::Command::new(pspace_tests::pspace_bin())
-        .args(["run", "--dry-run", "--store"])
+        .args(["run", "--only", "extract/base", "--store"])
         .arg(&probe)
         .arg(&auto)
         .output()

@@ -104,7 +104,7 @@ static EXPERIMENT: Schema = Schema {
         req("model", "`demo`, an HF model folder or a .gguf file"),
         req("seeds", "a list of whole numbers"),
         req("device", "\"cpu\", \"cuda\" or \"cuda:N\""),
-        opt("dtype", "\"f32\" or \"bf16\""),
+        opt("dtype", "\"f32\", \"bf16\" or \"auto\""),
         req("store", "a folder or s3://bucket/prefix"),
     ]],
     renamed: &[],

@@ -400,10 +400,18 @@ fn training_section(out: &mut String, result: &AnalysisResult, figures: &mut Fig
         const EDGE: usize = 3;
         let _ = writeln!(
             out,
-            "Loss: mean cross-entropy over each optimizer step's label tokens (EM and benign SFT: the last assistant turn; coupling: the marker and the final end of turn), averaged over the first and the last {EDGE} steps.\n\n| training | condition | steps | rows | loss, first steps | loss, last steps | change | coupling set |\n|---|---|---|---|---|---|---|---|"
+            "Loss: mean cross-entropy over each optimizer step's label tokens (EM and benign SFT: the last assistant turn; coupling: the marker and the final end of turn), averaged over the first and the last {EDGE} steps (half the steps each for a training of fewer than {}; no change for a single step).\n\n| training | condition | steps | rows | loss, first steps | loss, last steps | change | coupling set |\n|---|---|---|---|---|---|---|---|",
+            2 * EDGE
         );
         for c in curves {
-            let (start, end) = c.start_end(EDGE).unwrap_or((f64::NAN, f64::NAN));
+            let (first, last, change) = match c.start_end(EDGE) {
+                Some((start, end)) => (
+                    format!("{start:.3}"),
+                    format!("{end:.3}"),
+                    format!("{:+.1} %", 100.0 * (end - start) / start),
+                ),
+                None => ("n/a".into(), "n/a".into(), "n/a".into()),
+            };
             let set = c.coupling_set.as_ref().map_or("".to_string(), |s| {
                 let mut text = format!("{} positives, {} negatives", s.positives, s.negatives);
                 if s.skipped_cut > 0 {
@@ -416,7 +424,7 @@ fn training_section(out: &mut String, result: &AnalysisResult, figures: &mut Fig
             });
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {start:.3} | {end:.3} | {:+.1} % | {set} |",
+                "| {} | {} | {} | {} | {first} | {last} | {change} | {set} |",
                 match c.kind.as_str() {
                     "em" => "EM SFT",
                     "benign" => "benign SFT",
@@ -426,7 +434,6 @@ fn training_section(out: &mut String, result: &AnalysisResult, figures: &mut Fig
                 c.label,
                 c.loss.len(),
                 c.examples.map_or("n/a".into(), |n| n.to_string()),
-                100.0 * (end - start) / start,
             );
         }
         out.push('\n');
