@@ -118,8 +118,19 @@ pub enum Location {
 }
 
 impl Location {
+    /// Errors: an `s3://` location without a bucket, and anything that looks like a URL of
+    /// another form (`S3://`, `s3:/`, `http://`, `gs://`), which would otherwise become a local
+    /// folder of that name.
     pub fn parse(location: &str) -> Result<Location, StoreError> {
         let Some(rest) = location.strip_prefix("s3://") else {
+            let lower = location.to_ascii_lowercase();
+            if lower.contains("://") || lower.starts_with("s3:") {
+                return Err(StoreError::Config {
+                    location: location.to_string(),
+                    message: "expected s3://BUCKET[/PREFIX] (lower case) or a folder, found another URL form"
+                        .into(),
+                });
+            }
             return Ok(Location::Local(location.into()));
         };
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -313,6 +324,18 @@ mod tests {
         );
         let err = Location::parse("s3:///x").unwrap_err().to_string();
         assert!(err.contains("s3://BUCKET") && err.contains("s3:///x"), "{err}");
+        // A URL of another form was a local folder named after it.
+        for typo in ["S3://bucket/x", "s3:/bucket/x", "http://host/x", "gs://bucket"] {
+            let err = Location::parse(typo).unwrap_err().to_string();
+            assert!(
+                err.contains("expected s3://BUCKET") && err.contains(typo),
+                "{err}"
+            );
+        }
+        assert_eq!(
+            Location::parse("./runs:a").unwrap(),
+            Location::Local("./runs:a".into())
+        );
     }
 
     #[test]
