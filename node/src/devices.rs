@@ -34,3 +34,13 @@ pub fn node_name() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into())
 }
+
+/// Makes every device usable before any task is leased (CUDA: libtorch_cuda loads and the index
+/// exists), so that a machine without the GPU the run asks for stops at once with the reason
+/// instead of failing each task as a crash and retrying it.
+pub fn activate_all(devices: &[Device]) -> Result<()> {
+    for device in devices {
+        device.activate().with_context(|| format!("device {device}"))?;
+    }
+    Ok(())
+}

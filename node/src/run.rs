@@ -44,6 +44,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     if args.dry_run {
         return print_plan(spec, &args.only);
     }
+    crate::devices::activate_all(&devices)?;
     let scratch = session::scratch_for(&location)?;
     let files = session::fingerprints(spec, &location)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

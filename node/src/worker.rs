@@ -16,6 +16,7 @@ pub fn run(args: WorkerArgs) -> Result<()> {
     // Refuse bad settings (a token bound for plaintext off this machine) before anything starts.
     security.check(&args.coordinator)?;
     let devices = crate::devices::slots(&args.device, args.gpus.as_deref())?;
+    crate::devices::activate_all(&devices)?;
     let node = crate::devices::node_name();
     let name = args
         .name

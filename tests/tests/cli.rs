@@ -78,3 +78,26 @@ fn a_wrong_torch_version_gives_one_clear_line() {
         "{err}"
     );
 }
+
+/// A GPU the machine does not have stops `pspace run` before any task, with the reason, instead
+/// of failing every task as a crash and retrying it four times (a fresh user's report). cuda:99
+/// is missing on a CPU machine and on a GPU one alike.
+#[test]
+fn a_missing_gpu_stops_the_run_before_any_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let out = Command::new(pspace_bin())
+        .args(["run", "--device", "cuda:99", "--store"])
+        .arg(dir.path().join("store"))
+        .arg(pspace_tests::tiny_spec())
+        .output()
+        .expect("run pspace");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("device cuda:99"), "{stderr}");
+    assert!(
+        !stderr.contains("retry") && !stderr.contains("extract/base"),
+        "a task was started: {stderr}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "{stderr}");
+}
