@@ -24,20 +24,22 @@ use clap::Parser;
 fn main() {
     let cli = cli::Cli::parse();
     // Rust ignores SIGPIPE, so `pspace status --json | head -1` panicked with "failed printing
-    // to stdout: Broken pipe". Commands whose output is read through pipes end quietly as Unix
-    // tools do; the long-running ones (coordinator, worker, a real run) keep ignoring it, so a
-    // peer closing a socket mid-write is an error they handle, never a silent death.
-    let printing = match &cli.command {
-        cli::Command::Run(args) => args.dry_run,
-        cli::Command::Coordinator(_) | cli::Command::Worker(_) => false,
-        _ => true,
-    };
-    if printing {
-        // SAFETY: before any thread starts; SIG_DFL is a valid disposition for SIGPIPE.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    // to stdout: Broken pipe". A reader that stopped reading ends the command quietly, as Unix
+    // tools end (exit 141, 128 + SIGPIPE). SIGPIPE itself stays ignored: a TLS peer that drops
+    // a connection mid-write must be an error the command reports, not a silent death.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
         }
-    }
+        default_hook(info);
+    }));
     let role = match &cli.command {
         cli::Command::Coordinator(_) => "coordinator",
         cli::Command::Worker(_) => "worker",
