@@ -1439,17 +1439,25 @@ mod tests {
         }
     }
 
-    /// A given `dtype` is part of the ids of the tasks that run the model, so a bf16 run does
-    /// not reuse an f32 run's adapters or completions; tasks without the model keep their ids,
-    /// and a spec without the key keeps every id.
-    #[test]
-    fn dtype_is_in_the_ids_of_tasks_that_run_the_model() {
+    /// The demo spec with `dtype = VALUE` (VALUE as TOML, e.g. `"bf16"`), or without the key.
+    fn demo_with_dtype(value: Option<&str>) -> String {
         let without: String = DEMO_SPEC
             .lines()
             .filter(|l| !l.starts_with("dtype"))
             .map(|l| format!("{l}\n"))
             .collect();
-        let with = |value: &str| without.replacen("device = ", &format!("dtype = {value}\ndevice = "), 1);
+        match value {
+            Some(value) => without.replacen("device = ", &format!("dtype = {value}\ndevice = "), 1),
+            None => without,
+        }
+    }
+
+    /// A given `dtype` is part of the ids of the tasks that run the model, so a bf16 run does
+    /// not reuse an f32 run's adapters or completions; tasks without the model keep their ids,
+    /// and a spec without the key keeps every id.
+    #[test]
+    fn dtype_is_in_the_ids_of_tasks_that_run_the_model() {
+        let (without, with) = (demo_with_dtype(None), |value: &str| demo_with_dtype(Some(value)));
         let ids = |text: &str| -> Vec<(String, String)> {
             let spec = Spec::parse(text, "x.toml", PathBuf::new()).unwrap();
             spec.expand(42, &Fingerprints::placeholder())
@@ -1477,12 +1485,7 @@ mod tests {
     /// located problem.
     #[test]
     fn dtype_is_optional_and_names_a_float_type() {
-        let without: String = DEMO_SPEC
-            .lines()
-            .filter(|l| !l.starts_with("dtype"))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        let with = |value: &str| without.replacen("device = ", &format!("dtype = {value}\ndevice = "), 1);
+        let (without, with) = (demo_with_dtype(None), |value: &str| demo_with_dtype(Some(value)));
         let parse = |text: &str| Spec::parse(text, "x.toml", PathBuf::new());
         assert_eq!(parse(&without).unwrap().experiment.dtype, None);
         assert_eq!(
