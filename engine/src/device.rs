@@ -110,6 +110,19 @@ impl Dtype {
     }
 }
 
+impl std::str::FromStr for Dtype {
+    type Err = String;
+
+    /// `f32` or `bf16`, as [`Dtype`] displays and serialises them; the error says what was found.
+    fn from_str(text: &str) -> Result<Dtype, String> {
+        match text {
+            "f32" => Ok(Dtype::F32),
+            "bf16" => Ok(Dtype::Bf16),
+            other => Err(format!("expected \"f32\" or \"bf16\", found {other:?}")),
+        }
+    }
+}
+
 impl std::fmt::Display for Dtype {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

@@ -98,9 +98,8 @@ pub fn settle_dtype(
             record
         }
     };
-    let chosen = match record["dtype"].as_str() {
-        Some("f32") => Dtype::F32,
-        Some("bf16") => Dtype::Bf16,
+    let chosen = match record["dtype"].as_str().map(str::parse::<Dtype>) {
+        Some(Ok(dtype)) => dtype,
         _ => anyhow::bail!(
             "{}: expected \"dtype\": \"f32\" or \"bf16\", found {} (delete the file to measure again)",
             path.display(),

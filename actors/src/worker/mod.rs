@@ -81,11 +81,12 @@ pub async fn run_worker(config: WorkerConfig) -> Result<WorkerOutcome, WorkerErr
     let mut spec = Spec::parse(&info.spec_toml, &info.spec_origin, PathBuf::from(&info.spec_root))?;
     // The coordinator's settled `dtype = "auto"`: the task ids name it, so this worker computes
     // in it rather than settling its own.
-    match info.dtype.as_str() {
-        "f32" => spec.settle_dtype(pspace_engine::Dtype::F32),
-        "bf16" => spec.settle_dtype(pspace_engine::Dtype::Bf16),
-        "" => {}
-        other => return Err(WorkerError::Dtype(other.to_string())),
+    if !info.dtype.is_empty() {
+        let dtype = info
+            .dtype
+            .parse()
+            .map_err(|_| WorkerError::Dtype(info.dtype.clone()))?;
+        spec.settle_dtype(dtype);
     }
     let spec = Arc::new(spec);
     let store = match &config.store {
