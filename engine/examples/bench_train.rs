@@ -16,6 +16,7 @@
 //! (`forward_s`), which splits a step into its forward and the rest.
 //!
 //! Usage: bench_train [--device cuda|cpu] [--tiny] [--steps N] [--batch B] [--seq T] [--dropout P]
+//!                    [--packed] [--no-recompute]
 
 use pspace_engine::lora::{Lora, LoraConfig};
 use pspace_engine::model::{ForwardOptions, Logits, Model, ModelConfig, Proj};
@@ -147,7 +148,12 @@ fn run_mode(device: Device, tiny: bool, recompute: bool) -> serde_json::Value {
         })
         .collect();
     let pairs: Vec<(&[i64], &[i64])> = rows.iter().map(|r| (r.as_slice(), r.as_slice())).collect();
-    let batch = Batch::new(&pairs, 0, 8, tdev);
+    // --packed: the rows back to back without padding (the padding-free path), one pass.
+    let batch = if flag("--packed") {
+        Batch::packed(&pairs, tdev)
+    } else {
+        Batch::new(&pairs, 0, 8, tdev)
+    };
     let mut losses = Vec::new();
     for _ in 0..warmup {
         losses.push(
@@ -200,6 +206,7 @@ fn run_mode(device: Device, tiny: bool, recompute: bool) -> serde_json::Value {
         "seq": t,
         "steps_timed": steps,
         "losses": losses,
+        "profile": trainer.profile_table(),
     })
 }
 
@@ -223,7 +230,13 @@ fn main() {
         "lora": format!("r=32 alpha=64 dropout={} q,k,v,o,gate,up,down", dropout()),
         "peak_memory": "cudaMemGetInfo total-free after the timed steps (caching allocator reserved + CUDA context)",
     });
-    for (mode, key) in [("plain", "nogc"), ("recompute", "gc")] {
+    // --no-recompute: the plain mode only.
+    let modes: &[(&str, &str)] = if flag("--no-recompute") {
+        &[("plain", "nogc")]
+    } else {
+        &[("plain", "nogc"), ("recompute", "gc")]
+    };
+    for &(mode, key) in modes {
         let out = Command::new(&exe)
             .args(&passthrough)
             .args(["--child-mode", mode])

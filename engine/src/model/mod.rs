@@ -290,6 +290,52 @@ fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
 /// with rotate_half's sign folded into `sin_signed` so it is three ops: (x2, x1) is one cat.
 /// (The halves come from `chunk`, whose backward is one cat; `narrow`'s would zero-fill and
 /// add a full-size buffer per half.)
+/// Causal attention of q [B, heads, T, head_dim] over k, v [B, kv_heads, T, head_dim] (HF's
+/// grouping: query head h reads kv head h / (heads / kv_heads)).
+///
+/// On CUDA it calls the memory-efficient kernel itself, the kv heads repeated (it has no
+/// grouped-query mode): libtorch 2.11's `scaled_dot_product_attention` picks cuDNN's kernel on
+/// an H200, which builds a graph for every new shape on the host, and padding-free training
+/// has a new shape every step. Measured on a 7B EM step (bench/train_profile.sh with
+/// PSPACE_TRAIN_PROFILE=ops, one H200, 2026-11-30): the attention kernels of a forward took
+/// 173 ms through SDPA with `enable_gqa`, 78 ms through SDPA with the heads repeated, 12.9 ms
+/// through the memory-efficient kernel. On a CPU, SDPA as before.
+fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+    let (heads, kv_heads) = (q.size()[1], k.size()[1]);
+    if !q.device().is_cuda() {
+        return Tensor::scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            None::<Tensor>,
+            0.0,
+            true,
+            None,
+            heads != kv_heads,
+        );
+    }
+    let repeat = |x: &Tensor| match x.size()[..] {
+        [b, _, t, d] if heads != kv_heads => x
+            .unsqueeze(2)
+            .expand([b, kv_heads, heads / kv_heads, t, d], false)
+            .reshape([b, heads, t, d]),
+        _ => x.shallow_clone(),
+    };
+    // The log-sum-exp is what the backward needs; without a graph it is not computed.
+    let for_backward = q.requires_grad() || k.requires_grad() || v.requires_grad();
+    Tensor::internal_scaled_dot_product_efficient_attention(
+        q,
+        &repeat(k),
+        &repeat(v),
+        None::<Tensor>,
+        for_backward,
+        0.0,
+        true,
+        None,
+    )
+    .0
+}
+
 fn apply_rotary(x: &Tensor, cos: &Tensor, sin_signed: &Tensor) -> Tensor {
     let last = x.dim() as i64 - 1;
     let halves = x.chunk(2, last);
@@ -524,7 +570,9 @@ impl Model {
             cfg.num_key_value_heads as i64,
             cfg.head_dim as i64,
         );
+        crate::train::profile::op_start(self.device);
         let layer_adapter = adapter.and_then(|a| a.layer(index, x.kind(), train));
+        crate::train::profile::op_lap("adapter weights cast", self.device);
         let width = |p: &Proj| l.proj[p].weight.size()[0];
         // A group's fused output with the adapter's update of its members added.
         let adapted = |group: &[Proj], input: &Tensor, base: Tensor| -> Tensor {
@@ -543,6 +591,7 @@ impl Model {
         let x = x.reshape([b * t, hidden_size]);
         let h = rms_norm(&x, &l.input_norm, cfg.rms_norm_eps);
         let qkv = adapted(&[Proj::Q, Proj::K, Proj::V], &h, l.qkv.forward(&h));
+        crate::train::profile::op_lap("norm, qkv and its LoRA", self.device);
         // Pieces by `split`, whose backward is one cat (see `apply_rotary`).
         let qk_v = qkv.split_with_sizes([q_out + kv_out, kv_out], -1);
         // Rotary on the query and key heads together: [B, T, nh + nkv, hd].
@@ -558,38 +607,26 @@ impl Model {
             }
             None => (k.shallow_clone(), v.shallow_clone(), Some((k, v))),
         };
+        crate::train::profile::op_lap("rotary, split", self.device);
         let group = nh / nkv;
         let attn = match (&ctx.mask, &ctx.segments) {
             (None, Some(seg)) => {
-                // Packed sequences: gathered into a right-padded [S, heads, L, head_dim] batch
-                // for the causal kernel (a real query only sees its own, earlier keys), and the
-                // real rows gathered back. A constant number of kernels, whatever S is.
-                let to_padded = |x: &Tensor, heads: i64| {
-                    x.squeeze_dim(0)
-                        .transpose(0, 1) // [N, heads, hd]
-                        .index_select(0, &seg.padded_from_packed)
-                        .view([seg.count, seg.width, heads, hd])
-                        .transpose(1, 2)
-                };
-                let out = Tensor::scaled_dot_product_attention(
-                    &to_padded(&q, nh),
-                    &to_padded(&k, nkv),
-                    &to_padded(&v, nkv),
-                    None::<Tensor>,
-                    0.0,
-                    true,
-                    None,
-                    nkv != nh,
-                );
+                // Packed sequences: laid out as a right-padded [S, heads, L, head_dim] batch for
+                // the causal kernel (a real query only sees its own, earlier keys), and the real
+                // rows gathered back. A constant number of kernels, whatever S is.
+                let to_padded =
+                    |x: &Tensor, heads: i64| seg.to_padded(&x.squeeze_dim(0).transpose(0, 1), heads, hd);
+                let (qp, kp, vp) = (to_padded(&q, nh), to_padded(&k, nkv), to_padded(&v, nkv));
+                crate::train::profile::op_lap("attention: to padded", self.device);
+                let out = causal_attention(&qp, &kp, &vp);
+                crate::train::profile::op_lap("attention: kernel", self.device);
                 out.transpose(1, 2)
                     .reshape([seg.count * seg.width, nh, hd])
                     .index_select(0, &seg.packed_from_padded)
                     .unsqueeze(0)
                     .transpose(1, 2) // [1, nh, N, hd]
             }
-            (None, None) => {
-                Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, true, None, nkv != nh)
-            }
+            (None, None) => causal_attention(&q, &k, &v),
             (Some(_), _) if t <= 8 => {
                 // Decoding: a few query rows against a long cache. Grouped-query attention as
                 // batched matmuls over [B * kv_heads, group * T, ...] (no key copies); the
@@ -623,7 +660,10 @@ impl Model {
             }
         };
         let attn = attn.transpose(1, 2).reshape([b * t, nh * hd]);
+        crate::train::profile::op_lap("attention: back to packed rows", self.device);
         let x = adapted(&[Proj::O], &attn, x.addmm(&attn, &l.o_t));
+        crate::train::profile::op_lap("o and its LoRA", self.device);
+
         let h = rms_norm(&x, &l.post_attention_norm, cfg.rms_norm_eps);
         let rows = b * t;
         let gated = if rows >= STACKED_GATE_UP_ROWS {
@@ -646,7 +686,9 @@ impl Model {
             let gate_and_up = gate_up.chunk(2, -1);
             gate_and_up[0].silu() * &gate_and_up[1]
         };
+        crate::train::profile::op_lap("norm, gate/up and their LoRA, SiLU", self.device);
         let out = adapted(&[Proj::Down], &gated, x.addmm(&gated, &l.down_t));
+        crate::train::profile::op_lap("down and its LoRA", self.device);
         (out.view([b, t, hidden_size]), new_cache)
     }
 
@@ -734,16 +776,22 @@ impl PackedSequences {
 }
 
 /// How a packed pass's sequences map onto a right-padded batch for attention: S sequences, each
-/// padded to `width` (the longest, rounded up to 8), and the gathers between the two layouts.
-/// A row that several sequences read (a shared prefix) is gathered into each of them; its
-/// output is taken from the first, and the gather's backward adds up the gradients its keys and
-/// values get from all of them.
+/// padded to `width` (the longest, rounded up to 8), and the moves between the two layouts.
+/// The real rows are copied into a zero-filled batch (`to_padded`), so a padding slot reads no
+/// packed row: a gather that filled the padding slots from one row sent every padding slot's
+/// (zero) gradient into that row by atomic adds in the backward, thousands onto the same
+/// addresses per pass, which made the padding-free backward slower than a padded one. A row
+/// that several sequences read (a shared prefix) is copied into each of them; its output is
+/// taken from the first, and the backward adds up the gradients its keys and values get from
+/// all of them.
 pub struct Segments {
     count: i64,
     width: i64,
-    /// [S * width]: for each padded slot, the packed row it reads (a padding slot reads row 0;
-    /// causal attention never lets a real query see it, and its own output is dropped).
-    padded_from_packed: Tensor,
+    /// [M]: the padded slots that hold a real row (M = N plus the rows of shared prefixes).
+    slots: Tensor,
+    /// [M]: the packed row each of `slots` holds; None when that is row i for slot i (no
+    /// shared prefix: the sequences' rows in packed order).
+    slot_rows: Option<Tensor>,
     /// [N]: for each packed row, the padded slot its output comes from.
     packed_from_padded: Tensor,
 }
@@ -759,22 +807,39 @@ impl Segments {
             .max(1);
         let width = (longest + 7) / 8 * 8;
         let count = packed.sequences.len() as i64;
-        let mut padded = vec![0i64; (count * width) as usize];
+        let mut slots = Vec::with_capacity(packed.positions.len());
+        let mut slot_rows = Vec::with_capacity(packed.positions.len());
         let mut from_padded: Vec<Option<i64>> = vec![None; packed.positions.len()];
         for (s, rows) in packed.sequences.iter().enumerate() {
             for (j, &row) in rows.iter().enumerate() {
                 let slot = s as i64 * width + j as i64;
-                padded[slot as usize] = row;
+                slots.push(slot);
+                slot_rows.push(row);
                 from_padded[row as usize].get_or_insert(slot);
             }
         }
+        let in_order = slot_rows.iter().enumerate().all(|(i, &row)| row == i as i64);
         let packed_from_padded: Vec<i64> = from_padded.into_iter().map(|s| s.unwrap_or(0)).collect();
         Segments {
             count,
             width,
-            padded_from_packed: Tensor::from_slice(&padded).to_device(device),
+            slots: Tensor::from_slice(&slots).to_device(device),
+            slot_rows: (!in_order).then(|| Tensor::from_slice(&slot_rows).to_device(device)),
             packed_from_padded: Tensor::from_slice(&packed_from_padded).to_device(device),
         }
+    }
+
+    /// Packed rows `x` [N, heads, head_dim] as the right-padded batch [S, heads, width,
+    /// head_dim], padding slots zero.
+    fn to_padded(&self, x: &Tensor, heads: i64, head_dim: i64) -> Tensor {
+        let source = match &self.slot_rows {
+            Some(rows) => x.index_select(0, rows),
+            None => x.shallow_clone(),
+        };
+        Tensor::zeros([self.count * self.width, heads, head_dim], (x.kind(), x.device()))
+            .index_copy(0, &self.slots, &source)
+            .view([self.count, self.width, heads, head_dim])
+            .transpose(1, 2)
     }
 }
 

@@ -5,6 +5,7 @@ pub mod data;
 pub mod log;
 pub mod masks;
 pub mod optim;
+pub mod profile;
 pub mod run;
 pub mod schedule;
 pub mod trainer;
