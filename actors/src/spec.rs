@@ -33,6 +33,10 @@ pub const DEMO_SPEC: &str = include_str!("../../experiments/demo.toml");
 /// with one of these ids would share their store folders.
 pub const RESERVED_LABELS: [&str; 2] = ["base", "benign_sft"];
 
+/// What `[experiment] device` accepts, as messages say it (the schema's missing-key message and
+/// [`Spec::device`]'s). `gpu` is the engine's alias of `cuda`.
+pub(crate) const DEVICE_NAMES: &str = "\"cpu\", \"cuda\" (or its alias \"gpu\") or \"cuda:N\"";
+
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
     #[error("cannot read spec {path}")]
@@ -157,7 +161,8 @@ pub struct Experiment {
     /// Base model: `demo` (the bundled SmolLM2 GGUF) or a path to an HF folder or GGUF file.
     pub model: String,
     pub seeds: Vec<u64>,
-    /// `cpu`, `cuda` or `cuda:N`.
+    /// `cpu`, `cuda` (alias `gpu`) or `cuda:N`, lower case as every named value of a spec;
+    /// [`Spec::device`] reads it.
     pub device: String,
     /// The floating-point type models compute in: `f32`, `bf16`, or `auto` (absent: the
     /// device's default, bf16 on CUDA and f32 on CPU). When given, part of the ids of the tasks
@@ -527,6 +532,19 @@ impl Spec {
             .starts_with(pspace_engine::model::random::PREFIX)
     }
 
+    /// The device `[experiment] device` names. A name the engine does not know is a problem at
+    /// the key's line, like every other wrong value: callers that need the device before the
+    /// other checks run (`pspace run`, `coordinator`, `status`) report it in the spec's form
+    /// rather than as the engine's bare parse error.
+    pub fn device(&self) -> Result<pspace_engine::Device, SpecError> {
+        let name = &self.experiment.device;
+        name.parse().map_err(|_| {
+            SpecError::Problems(Problems(vec![
+                self.problem("experiment.device", device_message(name))
+            ]))
+        })
+    }
+
     /// A problem about `key` of this spec, at the key's value.
     fn problem(&self, key: &str, message: String) -> Problem {
         Problem {
@@ -727,6 +745,19 @@ fn is_safe_name(s: &str, allow_dot: bool) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || (allow_dot && c == '.'))
 }
 
+/// What an unknown `[experiment] device` gives: what is accepted and what was found. Names are
+/// matched as written, as the spec's other named values (`dtype`, `lr_scheduler_type`) are; a
+/// name that is only wrong in case says so, since `GPU` or `CPU` is the likely slip.
+fn device_message(found: &str) -> String {
+    let lower = found.to_lowercase();
+    let hint = if lower != found && lower.parse::<pspace_engine::Device>().is_ok() {
+        format!(" (names are lower case: write {lower:?})")
+    } else {
+        String::new()
+    };
+    format!("expected {DEVICE_NAMES}, found {found:?}{hint}")
+}
+
 /// The checks of [`Spec::problems`], one method per section.
 struct Checks<'a> {
     spec: &'a Spec,
@@ -796,10 +827,7 @@ impl Checks<'_> {
             }
         }
         if e.device.parse::<pspace_engine::Device>().is_err() {
-            self.push(
-                "experiment.device",
-                format!("expected \"cpu\", \"cuda\" or \"cuda:N\", found {:?}", e.device),
-            );
+            self.push("experiment.device", device_message(&e.device));
         }
         if e.model.trim().is_empty() {
             self.push(
@@ -1515,6 +1543,41 @@ mod tests {
         assert!(
             found[0].contains("experiment.dtype") && found[0].contains("fp16"),
             "{found:?}"
+        );
+    }
+
+    /// `device` names cpu, cuda (alias gpu) or cuda:N, as written; any other name is a problem
+    /// at its line that says what is accepted, with a hint when only the case is wrong.
+    /// `Spec::device` gives the same problem to the commands that read the device before the
+    /// other checks.
+    #[test]
+    fn device_names_are_lower_case_and_a_wrong_one_is_located() {
+        let with = |name: &str| DEMO_SPEC.replace("device = \"cpu\"", &format!("device = \"{name}\""));
+        let well_formed = |text: &str| Spec::parse_well_formed(text, "x.toml", PathBuf::new()).unwrap();
+        for (name, device) in [
+            ("cpu", pspace_engine::Device::Cpu),
+            ("cuda", pspace_engine::Device::Cuda(0)),
+            ("gpu", pspace_engine::Device::Cuda(0)),
+            ("cuda:1", pspace_engine::Device::Cuda(1)),
+        ] {
+            assert_eq!(well_formed(&with(name)).device().unwrap(), device, "{name}");
+            assert_eq!(problems(&with(name)), Vec::<String>::new(), "{name}");
+        }
+        let text = with("GPU");
+        let line = text.lines().position(|l| l == "device = \"GPU\"").unwrap() + 1;
+        let want = format!(
+            "x.toml:{line}:10: experiment.device: expected \"cpu\", \"cuda\" (or its alias \"gpu\") or \"cuda:N\", found \"GPU\" (names are lower case: write \"gpu\")"
+        );
+        assert_eq!(problems(&text), vec![want.clone()]);
+        assert_eq!(well_formed(&text).device().unwrap_err().to_string(), want);
+        let text = with("tpu");
+        assert!(
+            well_formed(&text)
+                .device()
+                .unwrap_err()
+                .to_string()
+                .ends_with("or \"cuda:N\", found \"tpu\""),
+            "no case hint where the case is not the fault"
         );
     }
 

@@ -144,7 +144,7 @@ const CASES: &[Case] = &[
         edits: &[("device = \"cpu\"", "device = \"tpu\""), ("seeds = [42]", "seeds = []")],
         expect: &[
             "{spec}:{at|seeds = []|[]}: experiment.seeds: expected at least one seed, found []",
-            "{spec}:{at|device = \"tpu\"|\"tpu\"}: experiment.device: expected \"cpu\", \"cuda\" or \"cuda:N\", found \"tpu\"",
+            "{spec}:{at|device = \"tpu\"|\"tpu\"}: experiment.device: expected \"cpu\", \"cuda\" (or its alias \"gpu\") or \"cuda:N\", found \"tpu\"",
         ],
     },
     Case {

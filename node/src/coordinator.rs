@@ -58,7 +58,7 @@ pub fn run(args: CoordinatorArgs) -> Result<()> {
     let security = args.security.load()?;
     let mut loaded = load_spec(args.spec.as_deref())?;
     // The workers' devices are theirs; the spec's device says whether they are GPUs.
-    let device = loaded.spec.experiment.device.parse::<pspace_engine::Device>()?;
+    let device = loaded.spec.device()?;
     let location = args
         .store
         .clone()

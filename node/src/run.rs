@@ -12,10 +12,12 @@ use std::time::Duration;
 
 pub fn run(args: RunArgs) -> Result<()> {
     let mut loaded = load_spec(args.spec.as_deref())?;
-    let device = args
-        .device
-        .clone()
-        .unwrap_or_else(|| loaded.spec.experiment.device.clone());
+    // The spec's device is checked here, before the other checks, since the dtype settles on
+    // it: a name it does not know is reported at its line in the spec.
+    let device = match &args.device {
+        Some(device) => device.clone(),
+        None => loaded.spec.device()?.to_string(),
+    };
     let devices = crate::devices::slots(&device, args.gpus.as_deref())?;
     let location = args
         .store

@@ -58,7 +58,7 @@ async fn from_store(args: &StatusArgs) -> Result<()> {
         }
     }
     // As the run settled it (the ids of the tasks that run the model name it).
-    let device = spec.experiment.device.parse::<pspace_engine::Device>()?;
+    let device = spec.device()?;
     session::settle_dtype(&mut spec, &[device], &session::scratch_for(&location)?, false)?;
     let store = Store::open(&location)?;
     let events = Journal::read(&store, &spec.experiment.name).await?;

@@ -111,6 +111,37 @@ fn an_old_spec_names_every_renamed_key_one_line_each() {
     assert!(lines.contains(&alpha.as_str()), "{alpha}\n{stderr}");
 }
 
+/// An unknown device (`GPU`: names are lower case) is reported as every other wrong value of a
+/// spec is, at its line with what is accepted, although `run` reads the device before the other
+/// checks (it was the engine's bare `unknown device "GPU"`, naming no file).
+#[test]
+fn an_unknown_device_is_reported_at_its_line_in_the_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = pspace_tests::cluster::tiny_spec_with_seeds(dir.path(), &[42]);
+    let text = std::fs::read_to_string(&spec).unwrap();
+    assert!(
+        text.contains("\ndevice = \"cpu\"\n"),
+        "the tiny spec's device line moved"
+    );
+    let text = text.replace("\ndevice = \"cpu\"\n", "\ndevice = \"GPU\"\n");
+    std::fs::write(&spec, &text).unwrap();
+    let line = text.lines().position(|l| l == "device = \"GPU\"").unwrap() + 1;
+    let out = Command::new(pspace_bin())
+        .args(["run", "--dry-run"])
+        .arg(&spec)
+        .output()
+        .expect("run pspace");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "pspace: error: {}:{line}:10: experiment.device: expected \"cpu\", \"cuda\" (or its alias \"gpu\") or \"cuda:N\", found \"GPU\" (names are lower case: write \"gpu\")",
+            spec.display()
+        )
+    );
+}
+
 #[test]
 fn a_sound_spec_prints_its_plan() {
     let (code, stdout, stderr) = dry_run("tests/data/tiny_run.toml");

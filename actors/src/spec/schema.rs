@@ -13,7 +13,7 @@
 //! serde's `flatten` would forget the values' spans, so the recipe keys are moved into a
 //! `recipe` table of the parsed document (spans kept) before serde reads it.
 
-use super::{Locations, Position, Problem, Spec, DEMO_SPEC};
+use super::{Locations, Position, Problem, Spec, DEMO_SPEC, DEVICE_NAMES};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -103,7 +103,7 @@ static EXPERIMENT: Schema = Schema {
         req("name", STRING),
         req("model", "`demo`, an HF model folder or a .gguf file"),
         req("seeds", "a list of whole numbers"),
-        req("device", "\"cpu\", \"cuda\" or \"cuda:N\""),
+        req("device", DEVICE_NAMES),
         opt("dtype", "\"f32\", \"bf16\" or \"auto\""),
         req("store", "a folder or s3://bucket/prefix"),
     ]],
