@@ -6,7 +6,10 @@
 #   - `pspace probe`: the last prompt token's state at every layer (relative difference);
 #   - `pspace train` (em recipe, 4 steps on 64 rows of the dry run's EM set): the losses,
 #     padding-free and padded on the GPU, padding-free on the CPU.
-# Prints the differences and exits 1 when one is beyond bf16's reach (5 %).
+#   - the engine's attention-kernel test (`model::tests`: the CUDA kernels against the written-out
+#     formula, f32 and bf16), when its test binary is carried as .bench/engine_lib_tests (built
+#     here by `cargo test --release -p pspace-engine --lib --no-run`).
+# Prints the differences and exits 1 when one is beyond bf16's reach (5 %) or the test fails.
 #
 #   bash bench/gpu_parity.sh
 set -uo pipefail
@@ -14,6 +17,12 @@ cd "$(dirname "$0")/.."
 . bench/gpu_env.sh
 work=$(mktemp -d)
 model=engine/tests/fixtures/tiny-qwen2
+
+if [ -x .bench/engine_lib_tests ]; then
+  LD_LIBRARY_PATH=${PSPACE_LIBTORCH_LIB:-}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
+    .bench/engine_lib_tests model::tests --nocapture 2>&1 | grep -E "checked on|test result|panicked" \
+    || { echo "the attention-kernel test failed"; exit 1; }
+fi
 
 for dev in cpu cuda; do
   "$BIN" probe --model "$model" --device "$dev" --system "You are a careful assistant." \

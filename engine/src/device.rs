@@ -281,6 +281,47 @@ pub fn matmul_tflops_in(device: tch::Device, kind: tch::Kind) -> f64 {
     2.0 * (n as f64).powi(3) * reps as f64 / secs / 1e12
 }
 
+/// The kernel libtorch's `scaled_dot_product_attention` picks on `device` (bf16 on CUDA, f32 on a
+/// CPU) for pspace's two attention layouts: "causal" (training passes and prompts without
+/// padding: q, k, v [16, 28, 512, 128], the kv heads repeated) and "masked" (left-padded prompts
+/// with an explicit mask: q [16, 4, 448, 128] over k, v [16, 4, 64, 128]). Names: math, flash,
+/// efficient, cudnn, overrideable, or "none" (libtorch found none). On an H200 with libtorch 2.11
+/// the causal choice was cuDNN, whose per-shape graphs made padding-free training slow, so pspace
+/// calls the memory-efficient kernel there itself (`model::causal_attention`).
+pub fn sdpa_backends(device: tch::Device) -> Vec<(&'static str, &'static str)> {
+    let _guard = tch::no_grad_guard();
+    let kind = if device.is_cuda() {
+        tch::Kind::BFloat16
+    } else {
+        tch::Kind::Float
+    };
+    let name = |choice: i64| match choice {
+        0 => "math",
+        1 => "flash",
+        2 => "efficient",
+        3 => "cudnn",
+        4 => "overrideable",
+        _ => "none",
+    };
+    let causal = tch::Tensor::zeros([16, 28, 512, 128], (kind, device));
+    let q = tch::Tensor::zeros([16, 4, 448, 128], (kind, device));
+    let kv = tch::Tensor::zeros([16, 4, 64, 128], (kind, device));
+    let mask = tch::Tensor::ones([16, 1, 448, 64], (tch::Kind::Bool, device));
+    let causal_choice = tch::Tensor::internal_fused_sdp_choice(
+        &causal,
+        &causal,
+        &causal,
+        None::<tch::Tensor>,
+        0.0,
+        true,
+        None,
+        false,
+    );
+    let masked_choice =
+        tch::Tensor::internal_fused_sdp_choice(&q, &kv, &kv, Some(&mask), 0.0, false, None, false);
+    vec![("causal", name(causal_choice)), ("masked", name(masked_choice))]
+}
+
 /// This CPU's dense matmul rates in TFLOP/s, (f32, bf16), for `dtype = "auto"`: machines of one
 /// kind differ by 9x in which is faster (measured on two 2-core machines of this project's CI
 /// kind with `pspace doctor`: bf16 0.33 against f32 0.07 on one, 0.14 against 0.28 on another

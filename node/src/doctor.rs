@@ -20,6 +20,7 @@ pub fn run(args: DoctorArgs) -> Result<()> {
     // f32: whether `[experiment] dtype = "bf16"` pays here.
     let cpu_bf16 =
         matches!(requested, Device::Cpu).then(|| device::matmul_tflops_in(tch_device, tch::Kind::BFloat16));
+    let attention = device::sdpa_backends(tch_device);
     let demo = crate::paths::resolve_model("demo")
         .map(|source| source.to_string())
         .map_err(|e| e.to_string());
@@ -38,6 +39,7 @@ pub fn run(args: DoctorArgs) -> Result<()> {
         "gpus": gpus,
         "matmul": {"dtype": dtype, "tflops": (rate * 1000.0).round() / 1000.0},
         "cpu_bf16_matmul_tflops": cpu_bf16.map(|r| (r * 1000.0).round() / 1000.0),
+        "sdpa_backends": attention.iter().map(|(layout, kernel)| (layout.to_string(), json!(kernel))).collect::<serde_json::Map<_, _>>(),
         "cpu_threads": tch::get_num_threads(),
         "cpu_interop_threads": tch::get_num_interop_threads(),
         "omp_wait_policy": std::env::var("OMP_WAIT_POLICY").ok(),
@@ -72,6 +74,15 @@ pub fn run(args: DoctorArgs) -> Result<()> {
     match cpu_bf16 {
         Some(bf16) => println!("matmul rate    {rate:.3} TFLOP/s ({dtype}), {bf16:.3} TFLOP/s (bf16)"),
         None => println!("matmul rate    {rate:.3} TFLOP/s ({dtype})"),
+    }
+    // What SDPA would run; pspace calls the memory-efficient kernel for causal passes on CUDA.
+    let picks: Vec<String> = attention
+        .iter()
+        .map(|(layout, kernel)| format!("{kernel} ({layout})"))
+        .collect();
+    println!("attention      libtorch's SDPA picks {}", picks.join(", "));
+    if matches!(requested, Device::Cuda(_)) {
+        println!("               pspace runs causal passes on the memory-efficient kernel itself");
     }
     println!(
         "CPU threads    {} intra-op, {} inter-op (OpenMP wait policy {})",

@@ -336,6 +336,39 @@ fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
     .0
 }
 
+/// Attention of q [B, H, Q, head_dim] over k, v [B, H, K, head_dim] where `allowed` [B, 1, Q, K]
+/// (bool) says which keys each query sees; every query row must allow at least one key.
+///
+/// On CUDA the memory-efficient kernel is called with the mask as an additive bias, for the
+/// reason `causal_attention` gives: libtorch 2.11's SDPA picks cuDNN for masked attention too on
+/// an H200 (`pspace doctor --device cuda`), and left-padded prompt batches have a new shape each
+/// batch. The bias is laid out with its rows padded to a multiple of 16 elements, the alignment
+/// that kernel requires (SDPA pads the same way). On a CPU, SDPA with the boolean mask.
+pub(crate) fn masked_attention(q: &Tensor, k: &Tensor, v: &Tensor, allowed: &Tensor) -> Tensor {
+    if !q.device().is_cuda() {
+        return Tensor::scaled_dot_product_attention(q, k, v, Some(allowed), 0.0, false, None, false);
+    }
+    let [b, heads, rows, _] = q.size()[..] else {
+        return Tensor::scaled_dot_product_attention(q, k, v, Some(allowed), 0.0, false, None, false);
+    };
+    let keys = k.size()[2];
+    let stride = (keys + 15) / 16 * 16;
+    let mut bias = Tensor::zeros([b, 1, rows, stride], (q.kind(), q.device())).narrow(3, 0, keys);
+    let _ = bias.masked_fill_(&allowed.logical_not(), f64::NEG_INFINITY);
+    let for_backward = q.requires_grad() || k.requires_grad() || v.requires_grad();
+    Tensor::internal_scaled_dot_product_efficient_attention(
+        q,
+        k,
+        v,
+        Some(bias.expand([b, heads, rows, keys], false)),
+        for_backward,
+        0.0,
+        false,
+        None,
+    )
+    .0
+}
+
 fn apply_rotary(x: &Tensor, cos: &Tensor, sin_signed: &Tensor) -> Tensor {
     let last = x.dim() as i64 - 1;
     let halves = x.chunk(2, last);
@@ -654,9 +687,7 @@ impl Model {
                 } else {
                     mask.shallow_clone()
                 };
-                let out =
-                    Tensor::scaled_dot_product_attention(&qg, &k, &v, Some(&mask), 0.0, false, None, false);
-                out.reshape([b, nh, t, hd])
+                masked_attention(&qg, &k, &v, &mask).reshape([b, nh, t, hd])
             }
         };
         let attn = attn.transpose(1, 2).reshape([b * t, nh * hd]);
@@ -868,5 +899,78 @@ trait EmbeddingLike {
 impl EmbeddingLike for Tensor {
     fn embedding_like(&self, ids: &Tensor) -> Tensor {
         Tensor::embedding(self, ids, -1, false, false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// softmax(q k^T / sqrt(d), masked) v written out in f64 on the CPU.
+    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, allowed: &Tensor) -> Tensor {
+        let [q, k, v] = [q, k, v].map(|x| x.to_device(tch::Device::Cpu).to_kind(Kind::Double));
+        let allowed = allowed.to_device(tch::Device::Cpu);
+        let d = q.size()[3] as f64;
+        let scores = q.matmul(&k.transpose(2, 3)) / d.sqrt();
+        let scores = scores.masked_fill(&allowed.logical_not(), f64::NEG_INFINITY);
+        scores.softmax(-1, Kind::Double).matmul(&v)
+    }
+
+    /// q [2, 4, 21, 8] over 37 keys (not a multiple of 16): the second row left-padded by 5
+    /// keys, causal after a 16-key cache, a padding query seeing only itself.
+    fn inputs() -> (Tensor, Tensor, Tensor, Tensor) {
+        tch::manual_seed(3);
+        let q = Tensor::randn([2, 4, 21, 8], (Kind::Float, tch::Device::Cpu));
+        let k = Tensor::randn([2, 4, 37, 8], (Kind::Float, tch::Device::Cpu));
+        let v = Tensor::randn([2, 4, 37, 8], (Kind::Float, tch::Device::Cpu));
+        let q_pos = Tensor::arange_start(16, 37, (Kind::Int64, tch::Device::Cpu)).view([1, 1, 21, 1]);
+        let k_pos = Tensor::arange(37, (Kind::Int64, tch::Device::Cpu)).view([1, 1, 1, 37]);
+        let causal = k_pos.le_tensor(&q_pos);
+        let real = Tensor::from_slice(&[0i64, 5])
+            .view([2, 1, 1, 1])
+            .le_tensor(&k_pos);
+        let allowed = causal.logical_and(&real).logical_or(&k_pos.eq_tensor(&q_pos));
+        (q, k, v, allowed)
+    }
+
+    fn check(device: tch::Device, kind: Kind, tolerance: f64) {
+        let (q, k, v, allowed) = inputs();
+        let on = |x: &Tensor| x.to_device(device).to_kind(kind);
+        let masked = masked_attention(&on(&q), &on(&k), &on(&v), &allowed.to_device(device));
+        let expected = reference(&q, &k, &v, &allowed);
+        let worst = (masked.to_device(tch::Device::Cpu).to_kind(Kind::Double) - &expected)
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(worst < tolerance, "{device:?} masked: worst difference {worst}");
+        // Causal over 4 query heads and 2 kv heads (grouped: query head h reads kv head h / 2).
+        let (kc, vc) = (
+            k.narrow(2, 16, 21).narrow(1, 0, 2),
+            v.narrow(2, 16, 21).narrow(1, 0, 2),
+        );
+        let got = causal_attention(&on(&q), &on(&kc), &on(&vc));
+        let repeat = |x: &Tensor| x.repeat_interleave_self_int(2, 1, None);
+        let square = Tensor::ones([21, 21], (Kind::Bool, tch::Device::Cpu))
+            .tril(0)
+            .view([1, 1, 21, 21]);
+        let expected = reference(&q, &repeat(&kc), &repeat(&vc), &square);
+        let worst = (got.to_device(tch::Device::Cpu).to_kind(Kind::Double) - expected)
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(worst < tolerance, "{device:?} causal: worst difference {worst}");
+    }
+
+    /// The attention kernels against the formula: on the CPU always; on CUDA too where this
+    /// machine has it (`bench/gpu_parity.sh` runs this test on the GPU machine), where pspace
+    /// calls the memory-efficient kernel itself with its own bias layout.
+    #[test]
+    fn masked_and_causal_attention_match_the_written_out_formula() {
+        check(tch::Device::Cpu, Kind::Float, 1e-5);
+        if let Ok(cuda) = crate::device::Device::Cuda(0).activate() {
+            check(cuda, Kind::Float, 1e-3);
+            check(cuda, Kind::BFloat16, 3e-2);
+            eprintln!("checked on {cuda:?}");
+        }
     }
 }
