@@ -7,6 +7,7 @@ use crate::session::{self, load_spec};
 use anyhow::{bail, Result};
 use pspace_actors::coordinator::journal::{histories, Journal};
 use pspace_actors::plan::{manifest_digest, plan_run};
+use pspace_actors::scheduler::TaskPhase;
 use pspace_actors::store::Store;
 use pspace_actors::transport::Transport;
 use std::collections::BTreeMap;
@@ -69,17 +70,19 @@ async fn from_store(args: &StatusArgs) -> Result<()> {
     let files = session::fingerprints(&spec, &location)?;
     for entry in plan_run(&spec, &files) {
         let key = entry.key.to_string();
+        // The coordinator's words for the states the store shows (a task that can start now
+        // is `ready` in both forms); leases and backoffs only a coordinator knows.
         let state = match entry.resolve(|d| digests.get(d.as_str()).cloned()) {
-            None => "waiting".to_string(),
+            None => TaskPhase::Waiting,
             Some(task) => match store
                 .committed_manifest(&entry.dir(&spec.experiment.name, &task))
                 .await?
             {
                 Some(m) => {
                     digests.insert(key.clone(), manifest_digest(&m));
-                    "committed".into()
+                    TaskPhase::Committed
                 }
-                None => "to run".into(),
+                None => TaskPhase::Ready,
             },
         };
         let h = history.get(&entry.key).cloned().unwrap_or_default();
@@ -96,24 +99,30 @@ async fn from_store(args: &StatusArgs) -> Result<()> {
         "experiment {}  store {location}  (from the store; no coordinator asked)",
         spec.experiment.name
     );
-    let mut committed = 0;
+    let count = |word: &str| rows.iter().filter(|r| r["state"] == word).count();
+    let committed = count(TaskPhase::Committed.as_str());
     for r in &rows {
-        let state = r["state"].as_str().unwrap_or_default();
-        committed += usize::from(state == "committed");
         println!(
             "  {:<36} {:<9} attempts {}",
             r["task"].as_str().unwrap_or_default(),
-            state,
+            r["state"].as_str().unwrap_or_default(),
             r["attempts"]
         );
+        // `class: message`, printed as the coordinator's table prints a failure.
         for f in r["failures"].as_array().into_iter().flatten() {
-            println!(
-                "      failed ({})",
-                f.as_str().unwrap_or_default().lines().next().unwrap_or_default()
-            );
+            let first = f.as_str().unwrap_or_default().lines().next().unwrap_or_default();
+            match first.split_once(": ") {
+                Some((class, message)) => println!("      failed ({class}): {message}"),
+                None => println!("      failed ({first})"),
+            }
         }
     }
-    println!("tasks: {committed} of {} committed", rows.len());
+    println!(
+        "tasks: {committed} of {} committed, {} ready, {} waiting",
+        rows.len(),
+        count(TaskPhase::Ready.as_str()),
+        count(TaskPhase::Waiting.as_str())
+    );
     if committed == rows.len() {
         return Ok(());
     }

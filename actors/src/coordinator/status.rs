@@ -75,7 +75,7 @@ impl RunStatus {
         );
         for t in &self.snapshot.tasks {
             let key = t.task.as_str();
-            let mut line = format!("  {:<36} {:<9} attempts {}", key, phase_name(t.state), t.attempts);
+            let mut line = format!("  {:<36} {:<9} attempts {}", key, t.state.as_str(), t.attempts);
             if let Some(o) = self.outcomes.get(key) {
                 if o.cached {
                     line.push_str("  (already committed)");
@@ -114,16 +114,5 @@ impl RunStatus {
             out.push_str("run finished\n");
         }
         out
-    }
-}
-
-fn phase_name(p: TaskPhase) -> &'static str {
-    match p {
-        TaskPhase::Waiting => "waiting",
-        TaskPhase::Ready => "ready",
-        TaskPhase::Backoff => "backoff",
-        TaskPhase::Leased => "leased",
-        TaskPhase::Committed => "committed",
-        TaskPhase::Failed => "failed",
     }
 }

@@ -21,6 +21,21 @@ pub enum TaskPhase {
     Failed,
 }
 
+impl TaskPhase {
+    /// The state's name, as `pspace status` prints it and as its JSON (serde) writes it: one
+    /// vocabulary whether a coordinator answers or the store is read.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskPhase::Waiting => "waiting",
+            TaskPhase::Ready => "ready",
+            TaskPhase::Backoff => "backoff",
+            TaskPhase::Leased => "leased",
+            TaskPhase::Committed => "committed",
+            TaskPhase::Failed => "failed",
+        }
+    }
+}
+
 /// One task in a [`Snapshot`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskStatus {
@@ -129,6 +144,27 @@ impl StateCounts {
             TaskPhase::Leased => &mut self.leased,
             TaskPhase::Committed => &mut self.committed,
             TaskPhase::Failed => &mut self.failed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TaskPhase;
+
+    /// The printed name of each state is its JSON name, so `pspace status` says the same word
+    /// in its table and in `--json`, from a coordinator or from the store.
+    #[test]
+    fn a_state_prints_as_its_json_name() {
+        for phase in [
+            TaskPhase::Waiting,
+            TaskPhase::Ready,
+            TaskPhase::Backoff,
+            TaskPhase::Leased,
+            TaskPhase::Committed,
+            TaskPhase::Failed,
+        ] {
+            assert_eq!(serde_json::to_value(phase).unwrap(), phase.as_str());
         }
     }
 }

@@ -1,0 +1,78 @@
+//! `pspace status` read from a store (no `--coordinator`), as a user meets it: a run's store
+//! after one task, then the table and `--json`. The states carry the coordinator's words (a
+//! task that can start now is `ready` in both forms, as `TaskPhase` serialises it).
+
+use pspace_actors::scheduler::TaskPhase;
+use pspace_tests::cluster::tiny_spec_with_seeds;
+use pspace_tests::pspace_bin;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A folder with the tiny spec (`tiny.toml`) and its store (`store`) after `extract/base` ran:
+/// that task committed, the trainings ready, the rest waiting on them.
+fn store_after_one_task() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = tiny_spec_with_seeds(dir.path(), &[42]);
+    let store = dir.path().join("store");
+    let out = Command::new(pspace_bin())
+        .args(["run", "--only", "extract/base", "--store"])
+        .arg(&store)
+        .arg(&spec)
+        .output()
+        .expect("run pspace");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (dir, spec, store)
+}
+
+/// (exit code, stdout, stderr) of `pspace status SPEC --store STORE` with `args`.
+fn status(spec: &Path, store: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(pspace_bin())
+        .arg("status")
+        .args(args)
+        .arg(spec)
+        .arg("--store")
+        .arg(store)
+        .output()
+        .expect("run pspace status");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A task that can start now is `ready` (it was `to run` here and `ready` from a coordinator):
+/// every state the store form writes is one the coordinator's `TaskPhase` reads, and the table
+/// prints each task's JSON word.
+#[test]
+fn status_from_the_store_uses_the_coordinator_s_words() {
+    let (_dir, spec, store) = store_after_one_task();
+    let (code, stdout, stderr) = status(&spec, &store, &["--json"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for row in &rows {
+        let phase: TaskPhase = serde_json::from_value(row["state"].clone())
+            .unwrap_or_else(|e| panic!("{row}: not a coordinator state: {e}"));
+        seen.insert(phase.as_str());
+    }
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        ["committed", "ready", "waiting"],
+        "{stdout}"
+    );
+    let base = rows.iter().find(|r| r["task"] == "42/extract/base").unwrap();
+    assert_eq!(base["state"], "committed", "{base}");
+
+    let (code, table, stderr) = status(&spec, &store, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!table.contains("to run"), "{table}");
+    for row in &rows {
+        let task = row["task"].as_str().unwrap();
+        let line = table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(task))
+            .unwrap_or_else(|| panic!("no line for {task} in:\n{table}"));
+        assert_eq!(line.split_whitespace().nth(1), row["state"].as_str(), "{line}");
+    }
+}
