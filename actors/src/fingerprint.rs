@@ -7,7 +7,8 @@
 //! Hashing a 15 GB model takes about a minute, so digests are kept in a small JSON file
 //! ([`CACHE_FILE`], in the run's scratch folder) by canonical path, size and modification time:
 //! a file whose size or time changed is hashed again, and a run on the same files hashes
-//! nothing.
+//! nothing. A read-only command ([`DigestCache::read_only`], `pspace status`) uses that file
+//! but never writes it.
 
 use crate::task::TaskKind;
 use pspace_engine::model::ModelSource;
@@ -167,6 +168,16 @@ impl DigestCache {
         }
     }
 
+    /// The digests kept at `path`, used but never written back: for a command that must only
+    /// read (`pspace status`). What the file lacks is hashed and held for this value's life;
+    /// [`DigestCache::save`] writes nothing.
+    pub fn read_only(path: &Path) -> DigestCache {
+        DigestCache {
+            path: None,
+            ..DigestCache::open(path)
+        }
+    }
+
     /// A cache that lives only as long as the value.
     pub fn in_memory() -> DigestCache {
         DigestCache::default()
@@ -317,6 +328,38 @@ mod tests {
         std::fs::write(&file, b"[1, 2]").unwrap();
         assert_ne!(again.file(&file).unwrap(), first);
         assert_eq!(again.hashed_bytes, 6);
+    }
+
+    /// A read-only cache uses the digests kept in the file, hashes what it lacks, and writes
+    /// nothing: no file where there was none, the kept one unchanged.
+    #[test]
+    fn a_read_only_cache_uses_the_file_and_never_writes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.json"), dir.path().join("b.json"));
+        std::fs::write(&a, b"[1]").unwrap();
+        std::fs::write(&b, b"[2]").unwrap();
+        let cache_path = dir.path().join("scratch/file-digests.json");
+        let mut fresh = DigestCache::read_only(&cache_path);
+        let digest_a = fresh.file(&a).unwrap();
+        fresh.save().unwrap();
+        assert!(!cache_path.exists(), "a read-only cache created its file");
+        assert!(!cache_path.parent().unwrap().exists(), "nor its folder");
+
+        let mut kept = DigestCache::open(&cache_path);
+        kept.file(&a).unwrap();
+        kept.save().unwrap();
+        let bytes = std::fs::read(&cache_path).unwrap();
+        let mut reader = DigestCache::read_only(&cache_path);
+        assert_eq!(reader.file(&a).unwrap(), digest_a);
+        assert_eq!(reader.hashed_bytes, 0, "found in the kept file, not hashed");
+        assert_eq!(reader.file(&b).unwrap(), hex::encode(Sha256::digest(b"[2]")));
+        assert_eq!(reader.hashed_bytes, 3, "a digest the file lacks is computed");
+        reader.save().unwrap();
+        assert_eq!(
+            std::fs::read(&cache_path).unwrap(),
+            bytes,
+            "the kept file changed"
+        );
     }
 
     #[test]

@@ -75,7 +75,7 @@ pub fn run(args: CoordinatorArgs) -> Result<()> {
         spec.experiment.name, spec.experiment.model, spec.experiment.seeds
     );
     session::preflight(spec)?;
-    let files = session::fingerprints(spec, &location)?;
+    let files = session::fingerprints(spec, &location, session::DigestKeeping::Keep)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

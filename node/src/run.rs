@@ -48,7 +48,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
     crate::devices::activate_all(&devices)?;
     let scratch = session::scratch_for(&location)?;
-    let files = session::fingerprints(spec, &location)?;
+    let files = session::fingerprints(spec, &location, session::DigestKeeping::Keep)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -201,21 +201,38 @@ impl Session {
     }
 }
 
+/// Whether [`fingerprints`] may keep what it hashed in the scratch folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DigestKeeping {
+    /// Kept in `file-digests.json` (a run, a coordinator).
+    Keep,
+    /// Read from it if there, never written: `pspace status` changes nothing on disk.
+    ReadOnly,
+}
+
 /// The digests of every file the run reads (the model's files, the data files), which the ids
 /// of the tasks that read them hash. Kept in `file-digests.json` of the run's scratch folder by
-/// path, size and modification time, so an unchanged model is not hashed again.
-pub fn fingerprints(spec: &Spec, location: &str) -> Result<Fingerprints> {
+/// path, size and modification time, so an unchanged model is not hashed again; with
+/// [`DigestKeeping::ReadOnly`] the kept digests are used and what they lack is hashed for this
+/// call alone.
+pub fn fingerprints(spec: &Spec, location: &str, keeping: DigestKeeping) -> Result<Fingerprints> {
     let model = resolve_spec_model(spec)?;
     let cache_path = scratch_for(location)?.join(CACHE_FILE);
-    let mut cache = DigestCache::open(&cache_path);
+    let mut cache = match keeping {
+        DigestKeeping::Keep => DigestCache::open(&cache_path),
+        DigestKeeping::ReadOnly => DigestCache::read_only(&cache_path),
+    };
     let started = std::time::Instant::now();
     let files = Fingerprints::compute(spec, &model, &mut cache)?;
     if cache.hashed_bytes > 0 {
         eprintln!(
-            "hashed {:.1} MB of model and data files in {:.1} s (digests kept in {})",
+            "hashed {:.1} MB of model and data files in {:.1} s ({})",
             cache.hashed_bytes as f64 / 1e6,
             started.elapsed().as_secs_f64(),
-            cache_path.display()
+            match keeping {
+                DigestKeeping::Keep => format!("digests kept in {}", cache_path.display()),
+                DigestKeeping::ReadOnly => "not kept: this command writes nothing".to_string(),
+            }
         );
     }
     cache.save()?;

@@ -67,7 +67,7 @@ async fn from_store(args: &StatusArgs) -> Result<()> {
     let history = histories(&events);
     let mut digests: BTreeMap<String, String> = BTreeMap::new();
     let mut rows = Vec::new();
-    let files = session::fingerprints(&spec, &location)?;
+    let files = session::fingerprints(&spec, &location, session::DigestKeeping::ReadOnly)?;
     for entry in plan_run(&spec, &files) {
         let key = entry.key.to_string();
         // The coordinator's words for the states the store shows (a task that can start now

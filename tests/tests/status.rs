@@ -76,3 +76,56 @@ fn status_from_the_store_uses_the_coordinator_s_words() {
         assert_eq!(line.split_whitespace().nth(1), row["state"].as_str(), "{line}");
     }
 }
+
+/// Every file and folder under `root` with its size and modification time.
+fn tree(root: &Path) -> std::collections::BTreeMap<PathBuf, (bool, u64, std::time::SystemTime)> {
+    let mut found = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                stack.push(path.clone());
+            }
+            found.insert(path, (meta.is_dir(), meta.len(), meta.modified().unwrap()));
+        }
+    }
+    found
+}
+
+/// `pspace status` only reads: it creates, changes and removes nothing in the store or its
+/// scratch folder (it wrote `.scratch/file-digests.json`, the run's digest cache), both where a
+/// run left a cache and where there is none (a store copied without its scratch folder), and
+/// `--json` alike.
+#[test]
+fn status_from_the_store_writes_nothing() {
+    let (_dir, spec, store) = store_after_one_task();
+    let scratch = store.join(".scratch");
+    let cache = scratch.join("file-digests.json");
+    assert!(
+        cache.is_file(),
+        "the run keeps its digests in {}",
+        cache.display()
+    );
+    for without_cache in [false, true] {
+        if without_cache {
+            std::fs::remove_dir_all(&scratch).unwrap();
+        }
+        for args in [&[][..], &["--json"][..]] {
+            let before = tree(&store);
+            let (code, _, stderr) = status(&spec, &store, args);
+            assert_eq!(code, Some(0), "{stderr}");
+            let after = tree(&store);
+            let changed: Vec<_> = before
+                .keys()
+                .chain(after.keys())
+                .filter(|p| before.get(*p) != after.get(*p))
+                .collect();
+            assert!(
+                changed.is_empty(),
+                "status {args:?} changed {changed:?} (scratch removed first: {without_cache})"
+            );
+        }
+    }
+}
