@@ -52,6 +52,23 @@ pub fn settle_dtype(
     scratch: &Path,
     measure: bool,
 ) -> Result<()> {
+    let mut rates = pspace_engine::device::cpu_matmul_rates;
+    settle_dtype_measured_by(
+        spec,
+        devices,
+        scratch,
+        measure.then_some(&mut rates as &mut dyn FnMut() -> (f64, f64)),
+    )
+}
+
+/// [`settle_dtype`] with this CPU's (f32, bf16) matmul rates from `measure` (`None`: do not
+/// measure), so a test can stand in for the benchmark.
+fn settle_dtype_measured_by(
+    spec: &mut Spec,
+    devices: &[pspace_engine::Device],
+    scratch: &Path,
+    measure: Option<&mut dyn FnMut() -> (f64, f64)>,
+) -> Result<()> {
     use pspace_engine::Dtype;
     if spec.experiment.dtype != Some(pspace_actors::spec::DtypeSetting::Auto) {
         return Ok(());
@@ -64,38 +81,23 @@ pub fn settle_dtype(
         spec.settle_dtype(Dtype::Bf16);
         return Ok(());
     }
-    let path = scratch.join("dtype-auto.json");
-    let kept = match std::fs::read(&path) {
-        Ok(bytes) => Some(
-            serde_json::from_slice::<serde_json::Value>(&bytes).with_context(|| {
-                format!(
-                    "{} is not the JSON pspace wrote (delete it to measure again)",
-                    path.display()
-                )
-            })?,
-        ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-    };
-    let record = match kept {
-        Some(record) => record,
-        None if !measure => {
+    let path = scratch.join(DTYPE_AUTO_FILE);
+    let record = match (read_dtype_record(&path)?, measure) {
+        (Some(record), _) => record,
+        (None, None) => {
             eprintln!(
                 "dtype auto: not settled for this store yet (the first run measures this CPU and keeps the choice in {})",
                 path.display()
             );
             return Ok(());
         }
-        None => {
-            let (f32_rate, bf16_rate) = pspace_engine::device::cpu_matmul_rates();
+        (None, Some(measure)) => {
+            let (f32_rate, bf16_rate) = measure();
             let dtype = if bf16_rate > f32_rate { "bf16" } else { "f32" };
             let record = serde_json::json!({
                 "dtype": dtype, "f32_tflops": f32_rate, "bf16_tflops": bf16_rate,
             });
-            std::fs::create_dir_all(scratch)
-                .and_then(|()| std::fs::write(&path, serde_json::to_vec_pretty(&record)?))
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            record
+            keep_first_dtype_record(scratch, &path, record)?
         }
     };
     let chosen = match record["dtype"].as_str().map(str::parse::<Dtype>) {
@@ -117,6 +119,61 @@ pub fn settle_dtype(
     eprintln!("dtype auto: {chosen} ({rates}; kept in {})", path.display());
     spec.settle_dtype(chosen);
     Ok(())
+}
+
+/// The `dtype = "auto"` record's file name in the scratch folder.
+const DTYPE_AUTO_FILE: &str = "dtype-auto.json";
+
+/// The kept `dtype = "auto"` record at `path`, if there is one.
+fn read_dtype_record(path: &Path) -> Result<Option<serde_json::Value>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "{} is not the JSON pspace wrote (delete it to measure again)",
+                path.display()
+            )
+        })?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Keeps `record` at `path` unless a record is there already, and returns the one kept: two
+/// runs (or coordinators) starting on one store at once both measure, and the first to create
+/// the file decides for both, so they never compute in different types or give the same tasks
+/// different ids. Create-only and whole: the record is written to a temporary file of this
+/// process and hard-linked into place, which fails when the name exists, so a reader never sees
+/// half a record and nobody overwrites the winner's.
+fn keep_first_dtype_record(
+    scratch: &Path,
+    path: &Path,
+    record: serde_json::Value,
+) -> Result<serde_json::Value> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let cannot = || format!("cannot write {}", path.display());
+    std::fs::create_dir_all(scratch).with_context(cannot)?;
+    let tmp = scratch.join(format!(
+        ".{DTYPE_AUTO_FILE}.{}.{}.tmp",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&record)?).with_context(cannot)?;
+    let linked = std::fs::hard_link(&tmp, path);
+    // The temporary name goes either way; a leftover would only be clutter.
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(record),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let kept = read_dtype_record(path)?
+                .with_context(|| format!("{} existed and then went: start the run again", path.display()))?;
+            eprintln!(
+                "dtype auto: another start on this store kept its choice first in {}: following it",
+                path.display()
+            );
+            Ok(kept)
+        }
+        Err(e) => Err(e).with_context(cannot),
+    }
 }
 
 /// Every check that needs no compute, all at once (model config, data files, sets, ranges):
@@ -268,4 +325,58 @@ pub async fn start(
     }
     let (actor, handle) = coordinator::start(config, plan).await?;
     Ok(Session { actor, store, handle })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pspace_engine::{Device, Dtype};
+
+    /// The embedded demo, whose `dtype` is `auto`.
+    fn auto_spec() -> Spec {
+        let spec = Spec::parse(pspace_actors::spec::DEMO_SPEC, "demo.toml", PathBuf::new()).unwrap();
+        assert_eq!(
+            spec.experiment.dtype,
+            Some(pspace_actors::spec::DtypeSetting::Auto)
+        );
+        spec
+    }
+
+    /// Two starts on one store at once: both find no record and measure; the first settles
+    /// (f32 here) and keeps its record while the second is still measuring (bf16 faster for
+    /// it). The second, finding the record there when it creates its own, follows it instead
+    /// of overwriting it, so both compute in f32 and the file keeps the first's record whole.
+    #[test]
+    fn a_second_start_that_finds_the_record_when_creating_follows_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = dir.path().join(".scratch");
+        let (mut first, mut second) = (auto_spec(), auto_spec());
+        let mut racing = || {
+            settle_dtype_measured_by(&mut first, &[Device::Cpu], &scratch, Some(&mut || (0.3, 0.1))).unwrap();
+            (0.1, 0.3)
+        };
+        settle_dtype_measured_by(&mut second, &[Device::Cpu], &scratch, Some(&mut racing)).unwrap();
+        assert_eq!(first.experiment.fixed_dtype(), Some(Dtype::F32));
+        assert_eq!(
+            second.experiment.fixed_dtype(),
+            Some(Dtype::F32),
+            "the second overwrote the first"
+        );
+        let kept: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(scratch.join(DTYPE_AUTO_FILE)).unwrap()).unwrap();
+        assert_eq!(
+            kept,
+            serde_json::json!({"dtype": "f32", "f32_tflops": 0.3, "bf16_tflops": 0.1})
+        );
+        let names: Vec<_> = std::fs::read_dir(&scratch)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [DTYPE_AUTO_FILE], "a temporary file was left");
+        // A later start reads the record and measures nothing.
+        let mut later = auto_spec();
+        let mut never = || -> (f64, f64) { panic!("measured again") };
+        settle_dtype_measured_by(&mut later, &[Device::Cpu], &scratch, Some(&mut never)).unwrap();
+        assert_eq!(later.experiment.fixed_dtype(), Some(Dtype::F32));
+    }
 }
