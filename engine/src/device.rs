@@ -19,8 +19,8 @@ pub enum Device {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
-    #[error("unknown device {found:?}: expected `cpu`, `cuda` or `cuda:N`")]
-    Unknown { found: String },
+    #[error("unknown device {found:?}: expected `cpu`, `cuda` (or its alias `gpu`) or `cuda:N`{hint}")]
+    Unknown { found: String, hint: String },
     #[error(
         "CUDA was asked for but is not available: {reason}. On a GPU machine, put its libtorch \
          on the library path (e.g. LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/torch/lib) \
@@ -41,6 +41,13 @@ impl std::str::FromStr for Device {
                 Some(Ok(i)) => Ok(Device::Cuda(i)),
                 _ => Err(DeviceError::Unknown {
                     found: other.to_string(),
+                    // Names are lower case, as in the spec (docs/spec.md).
+                    hint: match other.to_ascii_lowercase() {
+                        lower if lower != other && lower.parse::<Device>().is_ok() => {
+                            format!(" (names are lower case: write `{lower}`)")
+                        }
+                        _ => String::new(),
+                    },
                 }),
             },
         }
@@ -341,6 +348,19 @@ pub fn cpu_matmul_rates() -> (f64, f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_names_parse_and_a_wrong_case_gets_a_hint() {
+        assert_eq!("gpu".parse::<Device>().unwrap(), Device::Cuda(0));
+        assert_eq!("cuda:3".parse::<Device>().unwrap(), Device::Cuda(3));
+        let message = "GPU".parse::<Device>().unwrap_err().to_string();
+        assert!(
+            message.contains("`gpu`") && message.contains("write `gpu`"),
+            "{message}"
+        );
+        let message = "tpu".parse::<Device>().unwrap_err().to_string();
+        assert!(!message.contains("write"), "{message}");
+    }
 
     #[test]
     fn parses_device_names() {
