@@ -3,17 +3,19 @@
 # generated data of the real sizes) through `pspace coordinator` and one `pspace worker` per GPU
 # (issues 9, 13 item 6 and 16: wall time on 2 and 4 GPUs against 1).
 #
-#   bash bench/dryrun_distributed.sh [--gpus N] [--budget-s 540] [--store DIR] [--spec FILE]
-#                                    [--cpu-workers N]
+#   bash bench/dryrun_distributed.sh [--gpus N] [--budget-s 540] [--drain-s 0] [--store DIR]
+#                                    [--spec FILE] [--cpu-workers N]
 #
 # --cpu-workers N runs N CPU workers instead (a smoke test of the script on a machine without a
 # GPU, e.g. with --spec tests/data/tiny_dryrun.toml).
 #
 # A device call lasts at most 10 minutes and the run may take longer, so the script runs for
-# --budget-s seconds, then stops the coordinator and the workers with SIGTERM; calling it again
-# with the same --store (default .bench/dryrun-store, an ignored path the device machine keeps while
-# it stays warm) resumes: committed tasks are not run again, tasks in flight run again (their
-# time so far is lost, and counted). Each call appends to DIR.calls.jsonl; every call rewrites
+# --budget-s seconds, then stops the workers and the coordinator; calling it again with the same
+# --store (default .bench/dryrun-store, an ignored path the device machine keeps while it stays
+# warm) resumes: committed tasks are not run again. With --drain-s N the workers get SIGTERM
+# first and up to N more seconds to finish and report their tasks in hand (keep budget + drain
+# under the call's limit); without it tasks in flight are killed and run again (their time so far
+# is lost, and counted). Each call appends to DIR.calls.jsonl; every call rewrites
 # $OUT/dryrun_distributed.json (or bench/results/dryrun_distributed_<N>gpu.json when OUT is unset):
 #   calls: each call's seconds and whether the run finished in it;
 #   wall_s: the sum of the calls' seconds (the run's wall time once finished; restarts included);
@@ -27,12 +29,13 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-gpus=$(nvidia-smi -L 2>/dev/null | wc -l) budget=540 store=.bench/dryrun-store
+gpus=$(nvidia-smi -L 2>/dev/null | wc -l) budget=540 drain=0 store=.bench/dryrun-store
 spec=experiments/issue205-dryrun.toml cpu_workers=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --gpus) gpus=$2; shift 2 ;;
     --budget-s) budget=$2; shift 2 ;;
+    --drain-s) drain=$2; shift 2 ;;
     --store) store=$2; shift 2 ;;
     --spec) spec=$2; shift 2 ;;
     --cpu-workers) cpu_workers=$2; shift 2 ;;
@@ -85,12 +88,28 @@ while kill -0 "$coordinator" 2>/dev/null; do
   sleep 1
 done
 grep -q '^done:' "$logs/coordinator-$call.err" 2>/dev/null && finished=true
-ended=$(date +%s.%N)
 if [ "$finished" = false ]; then
-  kill -TERM "$coordinator" "${workers[@]}" 2>/dev/null
+  # SIGTERM drains a worker: it finishes and reports its task in hand (--drain-s at most), so
+  # the next call does not run it again; then the coordinator stops. --drain-s 0: at once.
+  if [ "$drain" -gt 0 ]; then
+    kill -TERM "${workers[@]}" 2>/dev/null
+    drain_end=$(( $(date +%s) + drain ))
+    while [ "$(date +%s)" -lt "$drain_end" ] && kill -0 "$coordinator" 2>/dev/null; do
+      alive=0
+      for w in "${workers[@]}"; do kill -0 "$w" 2>/dev/null && alive=1; done
+      [ "$alive" = 0 ] && break
+      grep -q '^done:' "$logs/coordinator-$call.err" 2>/dev/null && break
+      sleep 1
+    done
+  fi
+  kill -KILL "${workers[@]}" 2>/dev/null
+  kill -TERM "$coordinator" 2>/dev/null
 fi
 wait "$coordinator" 2>/dev/null
 code=$?
+ended=$(date +%s.%N)
+# The tasks in hand may have been the run's last.
+grep -q '^done:' "$logs/coordinator-$call.err" 2>/dev/null && finished=true
 for w in "${workers[@]}"; do wait "$w" 2>/dev/null; done
 kill "$sampler" 2>/dev/null
 echo "{\"call\": $call, \"gpus\": $gpus, \"start\": $started, \"end\": $ended, \"finished\": $finished, \"coordinator_exit\": $code}" >> "$store.calls.jsonl"

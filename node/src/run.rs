@@ -74,6 +74,8 @@ pub fn run(args: RunArgs) -> Result<()> {
             scratch,
             give_up_after: Duration::from_secs(60),
             store: Some(session.store.clone()),
+            // `pspace run` stops as one process (Ctrl-C ends it; the store keeps what committed).
+            draining: Default::default(),
         }));
         let mut client = transport.client()?;
         let mut bars = Bars::new();

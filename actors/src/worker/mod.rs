@@ -21,6 +21,7 @@ use pspace_proto::{RunInfo, WorkerInfo};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use slot::{Slot, SlotArgs};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -63,6 +64,10 @@ pub struct WorkerConfig {
     /// The store to use instead of opening the coordinator's location (in-process runs share
     /// the coordinator's).
     pub store: Option<Store>,
+    /// Set it to drain the worker: each slot finishes the task in hand, asks for no new lease,
+    /// and the worker ends with [`WorkerOutcome::Drained`] (what a Kubernetes pod's SIGTERM asks
+    /// for before its grace period ends).
+    pub draining: Arc<AtomicBool>,
 }
 
 /// How a worker ended.
@@ -72,6 +77,9 @@ pub enum WorkerOutcome {
     Finished,
     /// The run failed (a budget spent), or this worker gave up; the message says which.
     Failed(String),
+    /// Asked to stop (`WorkerConfig::draining`): every slot finished its task in hand and took
+    /// no new one; the run goes on with other workers.
+    Drained,
 }
 
 /// Registers with the coordinator (retrying with capped backoff while it is unreachable), then
@@ -134,6 +142,7 @@ pub async fn run_worker(config: WorkerConfig) -> Result<WorkerOutcome, WorkerErr
             on_lost: config.on_lost,
             restart: config.restart,
             give_up_after: config.give_up_after,
+            draining: config.draining.clone(),
         });
     }
     let outcome = Arc::new(Mutex::new(None));
@@ -201,8 +210,13 @@ impl NodeSupervisor {
 
     fn record(state: &NodeState, outcome: WorkerOutcome) {
         if let Ok(mut o) = state.outcome.lock() {
-            // A failure outranks a finish reported by another slot.
-            if !matches!(*o, Some(WorkerOutcome::Failed(_))) {
+            // A failure outranks everything; a drain outranks a finish reported by another
+            // slot (the process stopped because it was asked to).
+            let keep = matches!(
+                (&*o, &outcome),
+                (Some(WorkerOutcome::Failed(_)), _) | (Some(WorkerOutcome::Drained), WorkerOutcome::Finished)
+            );
+            if !keep {
                 *o = Some(outcome);
             }
         }
@@ -247,6 +261,7 @@ impl Actor for NodeSupervisor {
                 let reason = reason.unwrap_or_default();
                 let outcome = match reason.strip_prefix("failed: ") {
                     Some(why) => WorkerOutcome::Failed(why.to_string()),
+                    None if reason == slot::DRAINED => WorkerOutcome::Drained,
                     None => WorkerOutcome::Finished,
                 };
                 NodeSupervisor::record(state, outcome);

@@ -16,6 +16,7 @@ use pspace_proto::{complete_reply, task_result, Failure, Lease, LeaseRequest, Ta
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::Instrument;
@@ -34,7 +35,12 @@ pub struct SlotArgs {
     pub restart: RestartPolicy,
     /// Give up when the coordinator has been unreachable this long.
     pub give_up_after: Duration,
+    /// Set when the worker is asked to stop (SIGTERM): finish the task in hand, take no new one.
+    pub draining: Arc<AtomicBool>,
 }
+
+/// A slot's stop reason when it stopped asking for leases because the worker is draining.
+pub const DRAINED: &str = "drained";
 
 pub enum SlotMsg {
     /// Ask for the next lease (the slot sends this to itself).
@@ -114,6 +120,10 @@ impl Actor for Slot {
         _msg: SlotMsg,
         state: &mut SlotState,
     ) -> Result<(), ActorProcessingErr> {
+        if state.args.draining.load(Ordering::SeqCst) {
+            myself.stop(Some(DRAINED.into()));
+            return Ok(());
+        }
         let request = LeaseRequest {
             worker: Some(WorkerInfo {
                 worker_id: state.args.worker_id.clone(),
