@@ -13,11 +13,12 @@
 #
 # --packed runs bench_train's rows back to back without padding (the padding-free path).
 #
-# Writes $OUT/train_profile.log (or bench/results/ when OUT is unset).
+# Writes $OUT/train_profile.log (or bench/results/ when OUT is unset). Needs a CUDA GPU (the GPU
+# machine); exits 1 when a training or benchmark fails, with its last lines.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-em_steps=12 benign_steps=6 sets="em benign" shapes="16x264 4x512" packed=""
+em_steps=12 benign_steps=6 sets="em benign" shapes="16x264 4x512" packed="" failed=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --em-steps) em_steps=$2; shift 2 ;;
@@ -45,10 +46,10 @@ if [ -n "$sets" ]; then
 fi
 
 for set in $sets; do
-  say "== pspace train $set (padding-free), PSPACE_TRAIN_PROFILE=1${PYTORCH_CUDA_ALLOC_CONF:+, PYTORCH_CUDA_ALLOC_CONF=$PYTORCH_CUDA_ALLOC_CONF}"
+  say "== pspace train $set (padding-free), PSPACE_TRAIN_PROFILE=${PSPACE_TRAIN_PROFILE:-1}${PYTORCH_CUDA_ALLOC_CONF:+, PYTORCH_CUDA_ALLOC_CONF=$PYTORCH_CUDA_ALLOC_CONF}"
   PSPACE_TRAIN_PROFILE=${PSPACE_TRAIN_PROFILE:-1} "$BIN" train --model random:qwen2.5-7b --recipe "$set" --device cuda \
     --allow-shortfall --data "$work/$set.jsonl" --out "$work/pspace_$set" > "$work/$set.out" 2>&1 \
-    || say "failed: rc $?"
+    || { say "failed: rc $?"; tail -n 3 "$work/$set.out" | tee -a "$log" >&2; failed=1; }
   grep -A 20 "training profile" "$work/$set.out" | tee -a "$log" >&2
   grep -iE "tok/s|tokens/s" "$work/$set.out" | tail -3 | tee -a "$log" >&2
 done
@@ -56,9 +57,9 @@ done
 if [ -x .bench/bench_train ]; then
   for shape in $shapes; do
     set -- ${shape/x/ }
-    say "== bench_train --batch $1 --seq $2 $packed (uniform, every token a label), PSPACE_TRAIN_PROFILE=1"
+    say "== bench_train --batch $1 --seq $2 $packed (uniform, every token a label), PSPACE_TRAIN_PROFILE=${PSPACE_TRAIN_PROFILE:-1}"
     PSPACE_TRAIN_PROFILE=${PSPACE_TRAIN_PROFILE:-1} .bench/bench_train --device cuda --batch "$1" --seq "$2" --steps 8 $packed --no-recompute \
-      > "$work/bench_$1x$2.json" 2>> "$log" || say "failed: rc $?"
+      > "$work/bench_$1x$2.json" 2>> "$log" || { say "failed: rc $?"; failed=1; }
     "$PY" - "$work/bench_$1x$2.json" <<'PY' | tee -a "$log" >&2
 import json, sys
 d = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
@@ -69,3 +70,5 @@ for key in ("nogc",):
 PY
   done
 fi
+rm -rf "$work"
+exit "$failed"

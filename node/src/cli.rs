@@ -65,6 +65,12 @@ pub enum Command {
     /// Statistics, verdicts, figures and report of a run (or of marker hits alone).
     Analyze(Box<crate::analyze::AnalyzeArgs>),
     /// LoRA SFT (em, benign or marker coupling): writes a PEFT adapter and a JSON training log.
+    ///
+    /// With PSPACE_TRAIN_PROFILE=1 (here and in the trainings of `run` and `worker`) a table on
+    /// stderr says where a step's time went: forward, loss, backward, clipping and AdamW, each
+    /// as the host's issue time and the time until the device finished (on a CPU the two are the
+    /// same), from the third step on; PSPACE_TRAIN_PROFILE=ops also times each piece of the
+    /// layers' forward. Each phase waits for the device, so profiled steps are a little slower.
     Train(Box<crate::train::TrainArgs>),
     /// One chat prompt through a model: template text and ids, layer states of the last prompt
     /// token, optionally a greedy continuation; one JSON object on stdout.

@@ -67,7 +67,7 @@ pub fn run(args: CoordinatorArgs) -> Result<()> {
         &mut loaded.spec,
         &[device],
         &session::scratch_for(&location)?,
-        true,
+        session::Settling::Keep,
     )?;
     let spec = &loaded.spec;
     eprintln!(

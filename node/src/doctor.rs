@@ -75,14 +75,16 @@ pub fn run(args: DoctorArgs) -> Result<()> {
         Some(bf16) => println!("matmul rate    {rate:.3} TFLOP/s ({dtype}), {bf16:.3} TFLOP/s (bf16)"),
         None => println!("matmul rate    {rate:.3} TFLOP/s ({dtype})"),
     }
-    // What SDPA would run; pspace calls the memory-efficient kernel for causal passes on CUDA.
+    // What SDPA would run; on CUDA pspace calls the memory-efficient kernel for both layouts.
     let picks: Vec<String> = attention
         .iter()
         .map(|(layout, kernel)| format!("{kernel} ({layout})"))
         .collect();
     println!("attention      libtorch's SDPA picks {}", picks.join(", "));
     if matches!(requested, Device::Cuda(_)) {
-        println!("               pspace runs causal passes on the memory-efficient kernel itself");
+        println!(
+            "               pspace runs causal and masked attention on the memory-efficient kernel itself"
+        );
     }
     println!(
         "CPU threads    {} intra-op, {} inter-op (OpenMP wait policy {})",

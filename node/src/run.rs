@@ -27,7 +27,11 @@ pub fn run(args: RunArgs) -> Result<()> {
         &mut loaded.spec,
         &devices,
         &session::scratch_for(&location)?,
-        !args.dry_run,
+        if args.dry_run {
+            session::Settling::Leave
+        } else {
+            session::Settling::Keep
+        },
     )?;
     let spec = &loaded.spec;
     let names: Vec<String> = devices.iter().map(|d| d.to_string()).collect();

@@ -39,35 +39,48 @@ pub fn load_spec(path: Option<&Path>) -> Result<LoadedSpec> {
     }
 }
 
+/// How [`settle_dtype`] may settle `dtype = "auto"` when the store has no kept record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settling {
+    /// Measure this CPU and keep the choice (a run, a coordinator).
+    Keep,
+    /// Measure and settle for this command only, writing nothing (`pspace status`: the task ids
+    /// name the type, so without it status would look up the ids of no run).
+    Peek,
+    /// Neither measure nor write (`run --dry-run`): the spec stays unsettled and a line says so.
+    Leave,
+}
+
 /// Settles the spec's `dtype = "auto"` for a run on `devices` whose store has the scratch folder
 /// `scratch` (every worker then computes in the type settled here): bf16 when any device is a
 /// GPU; on a CPU the faster of f32 and bf16 there, measured once per store and kept in
 /// `<scratch>/dtype-auto.json`, so that a resumed run (and `pspace status`) settles the same way
-/// even where the two rates are close. One line says what was chosen and why. With `measure`
-/// false (`pspace status`, `run --dry-run`: nothing is written, no CPU time spent) only a kept
-/// record settles it; without one the spec stays unsettled and the line says so.
+/// even where the two rates are close. One line says what was chosen and why. Without a kept
+/// record, `settling` says whether to measure and whether to keep the choice.
 pub fn settle_dtype(
     spec: &mut Spec,
     devices: &[pspace_engine::Device],
     scratch: &Path,
-    measure: bool,
+    settling: Settling,
 ) -> Result<()> {
     let mut rates = pspace_engine::device::cpu_matmul_rates;
     settle_dtype_measured_by(
         spec,
         devices,
         scratch,
-        measure.then_some(&mut rates as &mut dyn FnMut() -> (f64, f64)),
+        (settling != Settling::Leave).then_some(&mut rates as &mut dyn FnMut() -> (f64, f64)),
+        settling == Settling::Keep,
     )
 }
 
 /// [`settle_dtype`] with this CPU's (f32, bf16) matmul rates from `measure` (`None`: do not
-/// measure), so a test can stand in for the benchmark.
+/// measure), so a test can stand in for the benchmark; `keep`: write the measured choice.
 fn settle_dtype_measured_by(
     spec: &mut Spec,
     devices: &[pspace_engine::Device],
     scratch: &Path,
     measure: Option<&mut dyn FnMut() -> (f64, f64)>,
+    keep: bool,
 ) -> Result<()> {
     use pspace_engine::Dtype;
     if spec.experiment.dtype != Some(pspace_actors::spec::DtypeSetting::Auto) {
@@ -97,6 +110,20 @@ fn settle_dtype_measured_by(
             let record = serde_json::json!({
                 "dtype": dtype, "f32_tflops": f32_rate, "bf16_tflops": bf16_rate,
             });
+            if !keep {
+                eprintln!(
+                    "dtype auto: not settled for this store yet; planned here as {dtype} (this CPU multiplies at \
+                     {f32_rate:.3} TFLOP/s in f32, {bf16_rate:.3} in bf16, measured now and not kept: the first run \
+                     measures again and keeps its choice in {})",
+                    path.display()
+                );
+                spec.settle_dtype(
+                    dtype
+                        .parse::<Dtype>()
+                        .map_err(|_| anyhow::anyhow!("dtype {dtype}"))?,
+                );
+                return Ok(());
+            }
             keep_first_dtype_record(scratch, &path, record)?
         }
     };
@@ -352,10 +379,17 @@ mod tests {
         let scratch = dir.path().join(".scratch");
         let (mut first, mut second) = (auto_spec(), auto_spec());
         let mut racing = || {
-            settle_dtype_measured_by(&mut first, &[Device::Cpu], &scratch, Some(&mut || (0.3, 0.1))).unwrap();
+            settle_dtype_measured_by(
+                &mut first,
+                &[Device::Cpu],
+                &scratch,
+                Some(&mut || (0.3, 0.1)),
+                true,
+            )
+            .unwrap();
             (0.1, 0.3)
         };
-        settle_dtype_measured_by(&mut second, &[Device::Cpu], &scratch, Some(&mut racing)).unwrap();
+        settle_dtype_measured_by(&mut second, &[Device::Cpu], &scratch, Some(&mut racing), true).unwrap();
         assert_eq!(first.experiment.fixed_dtype(), Some(Dtype::F32));
         assert_eq!(
             second.experiment.fixed_dtype(),
@@ -376,7 +410,7 @@ mod tests {
         // A later start reads the record and measures nothing.
         let mut later = auto_spec();
         let mut never = || -> (f64, f64) { panic!("measured again") };
-        settle_dtype_measured_by(&mut later, &[Device::Cpu], &scratch, Some(&mut never)).unwrap();
+        settle_dtype_measured_by(&mut later, &[Device::Cpu], &scratch, Some(&mut never), true).unwrap();
         assert_eq!(later.experiment.fixed_dtype(), Some(Dtype::F32));
     }
 }

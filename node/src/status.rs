@@ -58,9 +58,15 @@ async fn from_store(args: &StatusArgs) -> Result<()> {
             );
         }
     }
-    // As the run settled it (the ids of the tasks that run the model name it).
+    // As the run settled it (the ids of the tasks that run the model name it); unsettled, as a
+    // run here would settle it, without keeping the choice.
     let device = spec.device()?;
-    session::settle_dtype(&mut spec, &[device], &session::scratch_for(&location)?, false)?;
+    session::settle_dtype(
+        &mut spec,
+        &[device],
+        &session::scratch_for(&location)?,
+        session::Settling::Peek,
+    )?;
     let store = Store::open(&location)?;
     let events = Journal::read(&store, &spec.experiment.name).await?;
     // Every run's events: the highest attempt a task reached and every failure it had.

@@ -129,3 +129,38 @@ fn status_from_the_store_writes_nothing() {
         }
     }
 }
+
+/// With `dtype = "auto"` not yet settled for a store (no run with it kept a choice there),
+/// status plans the ids a run here would compute in, measured now and not kept: a store written
+/// by the same spec without `dtype` holds none of them. (It reported that store's tasks as
+/// committed, and a run then computed every one of them again.)
+#[test]
+fn status_of_an_unsettled_auto_spec_counts_what_a_run_would_reuse() {
+    let (dir, spec, store) = store_after_one_task();
+    let (code, out, _) = status(&spec, &store, &["--json"]);
+    assert_eq!(code, Some(0));
+    let committed = |json: &str| {
+        let rows: Vec<serde_json::Value> = serde_json::from_str(json).unwrap();
+        rows.iter().filter(|r| r["state"] == "committed").count()
+    };
+    assert_eq!(committed(&out), 1, "{out}");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    let auto = dir.path().join("auto.toml");
+    std::fs::write(
+        &auto,
+        text.replacen("[experiment]", "[experiment]\ndtype = \"auto\"", 1),
+    )
+    .unwrap();
+    let (code, out, err) = status(&auto, &store, &["--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        committed(&out),
+        0,
+        "a run with dtype auto reuses none of these: {out}\n{err}"
+    );
+    assert!(err.contains("measured now and not kept"), "{err}");
+    assert!(
+        !store.join(".scratch/dtype-auto.json").exists(),
+        "status kept a dtype choice"
+    );
+}

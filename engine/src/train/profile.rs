@@ -125,6 +125,14 @@ impl StepProfile {
     /// The table: per phase, total issue and device seconds, times, share of the device time.
     pub fn table(&self) -> String {
         let total: f64 = self.phases.values().map(|p| p.1).sum();
+        if self.steps <= WARMUP_STEPS {
+            return format!(
+                "training profile (PSPACE_TRAIN_PROFILE): no step to time: the first {WARMUP_STEPS} steps \
+                 are warm-up and this training took {} (run at least {})\n",
+                self.steps,
+                WARMUP_STEPS + 1
+            );
+        }
         let timed = self.steps.saturating_sub(WARMUP_STEPS).max(1) as f64;
         let mut out = format!(
             "training profile (PSPACE_TRAIN_PROFILE), steps {}..{}, ms per step: {:>8} {:>8} {:>6} {:>6}\n",
@@ -159,6 +167,20 @@ impl StepProfile {
     }
 }
 
+impl Drop for StepProfile {
+    /// `ops` times the layers' forward process-wide: it ends with the training that asked for
+    /// it, so the later tasks of a run (extraction, sampling) do not wait after every op.
+    fn drop(&mut self) {
+        if self.device.is_some() {
+            OPS_ON.store(false, Ordering::Relaxed);
+            if let Ok(mut ops) = OPS.lock() {
+                ops.0.clear();
+                ops.1 = None;
+            }
+        }
+    }
+}
+
 fn sync(device: tch::Device) {
     if let tch::Device::Cuda(i) = device {
         tch::Cuda::synchronize(i as i64);
@@ -189,6 +211,25 @@ mod tests {
         let backward = table.find("backward").unwrap();
         assert!(forward < backward, "{table}");
         assert_eq!(p.phases["forward"].2, 2);
+    }
+
+    #[test]
+    fn a_training_of_warm_up_steps_only_says_there_is_nothing_to_time() {
+        let mut p = StepProfile {
+            device: Some(tch::Device::Cpu),
+            steps: 0,
+            phase_started: Instant::now(),
+            phases: BTreeMap::new(),
+            order: Vec::new(),
+        };
+        p.start();
+        p.end("forward");
+        p.step_done();
+        let table = p.table();
+        assert!(
+            table.contains("no step to time") && table.contains("run at least 3"),
+            "{table}"
+        );
     }
 
     #[test]
