@@ -136,9 +136,12 @@ impl Store {
     /// that reports no tags), which is hashed in full. None means the task must (re)run.
     ///
     /// Entity tags change whenever an object is rewritten with other bytes: an MD5 of the
-    /// content on S3 servers, (inode, mtime, size) on a local folder. The one case it misses is
-    /// a local file rewritten in place with the same size within the file system's timestamp
-    /// granularity of its upload; the full hash on read for use still catches it.
+    /// content on S3 servers, (inode, mtime, size) on a local folder. They also change when the
+    /// same bytes are copied (a store folder copied with `cp -r`, rsync or a restore, or
+    /// objects copied between buckets): an output of the recorded size under another tag is
+    /// hashed in full, and its bytes decide, so a moved store resumes where it was. The one case
+    /// the tags miss is a local file rewritten in place with the same size within the file
+    /// system's timestamp granularity of its upload; the full hash on read for use catches it.
     pub async fn committed_manifest(&self, task_dir: &str) -> Result<Option<Manifest>, StoreError> {
         let Some(manifest) = self.read_manifest(task_dir).await? else {
             return Ok(None);
@@ -146,7 +149,11 @@ impl Store {
         for (name, sha256) in &manifest.outputs {
             let key = manifest.output_key(task_dir, name);
             let intact = match (manifest.sizes.get(name), manifest.e_tags.get(name)) {
-                (Some(&size), Some(e_tag)) => self.same_object(&key, size, e_tag).await?,
+                (Some(&size), Some(e_tag)) => match self.same_object(&key, size, e_tag).await? {
+                    Sameness::Same => true,
+                    Sameness::SizeOnly => self.hashes_to(&key, sha256).await?,
+                    Sameness::Different => false,
+                },
                 _ => self.hashes_to(&key, sha256).await?,
             };
             if !intact {
@@ -173,16 +180,21 @@ impl Store {
         Ok(Some(manifest))
     }
 
-    async fn same_object(&self, key: &str, size: u64, e_tag: &str) -> Result<bool, StoreError> {
+    async fn same_object(&self, key: &str, size: u64, e_tag: &str) -> Result<Sameness, StoreError> {
         let found = self.head(key).await?;
-        let same = matches!(&found, Some((s, Some(t))) if *s == size && normalize_e_tag(t) == normalize_e_tag(e_tag));
-        if !same {
-            tracing::warn!(
-                store = %self.description, key,
-                "output changed since its commit: recorded size {size} and entity tag {e_tag}, found {found:?}; its task runs again"
-            );
-        }
-        Ok(same)
+        Ok(match &found {
+            Some((s, Some(t))) if *s == size && normalize_e_tag(t) == normalize_e_tag(e_tag) => {
+                Sameness::Same
+            }
+            Some((s, _)) if *s == size => Sameness::SizeOnly,
+            _ => {
+                tracing::warn!(
+                    store = %self.description, key,
+                    "output changed since its commit: recorded size {size} and entity tag {e_tag}, found {found:?}; its task runs again"
+                );
+                Sameness::Different
+            }
+        })
     }
 
     async fn hashes_to(&self, key: &str, sha256: &str) -> Result<bool, StoreError> {
@@ -192,6 +204,16 @@ impl Store {
         }
         Ok(same)
     }
+}
+
+/// What one HEAD says of an output against its recorded size and entity tag.
+enum Sameness {
+    /// The recorded size and tag: the uploaded object.
+    Same,
+    /// The recorded size under another tag (or none): rewritten, or the same bytes copied.
+    SizeOnly,
+    /// Missing, or of another size.
+    Different,
 }
 
 #[cfg(test)]
@@ -307,6 +329,46 @@ mod tests {
         assert_eq!(store.committed_manifest(task).await.unwrap(), None);
         store.delete(&key).await.unwrap();
         assert_eq!(store.committed_manifest(task).await.unwrap(), None);
+    }
+
+    /// A store folder copied elsewhere (`cp -r`: every file a new inode and time, so a new
+    /// entity tag) keeps its committed tasks: the outputs' bytes decide. Its tasks all ran
+    /// again after a copy.
+    #[tokio::test]
+    async fn a_copied_store_keeps_its_committed_tasks() {
+        fn copy(from: &std::path::Path, to: &std::path::Path) {
+            std::fs::create_dir_all(to).unwrap();
+            for entry in std::fs::read_dir(from).unwrap() {
+                let entry = entry.unwrap();
+                let target = to.join(entry.file_name());
+                if entry.file_type().unwrap().is_dir() {
+                    copy(&entry.path(), &target);
+                } else {
+                    std::fs::copy(entry.path(), &target).unwrap();
+                }
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::local(&dir.path().join("a")).unwrap();
+        let task = "demo/42/train_em/t3";
+        let mut m = manifest(BTreeMap::new());
+        m.attempt = "a1".into();
+        let key = m.output_key(task, "adapter.safetensors");
+        let up = store.put_output(&key, b"weights-1".to_vec()).await.unwrap();
+        m.record_output("adapter.safetensors", &up);
+        store.commit(task, &m).await.unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        copy(&dir.path().join("a"), &dir.path().join("b"));
+        let copied = Store::local(&dir.path().join("b")).unwrap();
+        let (_, tag) = copied.head(&key).await.unwrap().unwrap();
+        assert_ne!(
+            tag.as_deref(),
+            m.e_tags.get("adapter.safetensors").map(String::as_str)
+        );
+        assert_eq!(copied.committed_manifest(task).await.unwrap(), Some(m.clone()));
+        // A copy whose bytes differ at the same size is still caught.
+        std::fs::write(dir.path().join("b").join(&key), b"weights-2").unwrap();
+        assert_eq!(copied.committed_manifest(task).await.unwrap(), None);
     }
 
     #[tokio::test]
