@@ -336,37 +336,51 @@ fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
     .0
 }
 
-/// Attention of q [B, H, Q, head_dim] over k, v [B, H, K, head_dim] where `allowed` [B, 1, Q, K]
-/// (bool) says which keys each query sees; every query row must allow at least one key.
+/// `allowed` [B, 1, Q, K] (bool: which keys each query sees) as [`masked_attention`] takes it
+/// on its device: the boolean mask itself on a CPU; on CUDA an additive bias in `kind` (0 or
+/// -inf) whose rows are laid out padded to a multiple of 16 elements, the alignment the
+/// memory-efficient kernel requires (SDPA pads the same way). Made once per forward pass
+/// (`AttentionContext::grouped_mask`), not per layer.
+pub(crate) fn attention_mask_for(allowed: &Tensor, kind: Kind) -> Tensor {
+    let [b, _, rows, keys] = allowed.size()[..] else {
+        return allowed.shallow_clone();
+    };
+    if !allowed.device().is_cuda() {
+        return allowed.shallow_clone();
+    }
+    let stride = (keys + 15) / 16 * 16;
+    let mut bias = Tensor::zeros([b, 1, rows, stride], (kind, allowed.device())).narrow(3, 0, keys);
+    let _ = bias.masked_fill_(&allowed.logical_not(), f64::NEG_INFINITY);
+    bias
+}
+
+/// Attention of q [B, H, Q, head_dim] over k, v [B, H, K, head_dim] under `mask` from
+/// [`attention_mask_for`]; every query row must allow at least one key.
 ///
 /// On CUDA the memory-efficient kernel is called with the mask as an additive bias, for the
 /// reason `causal_attention` gives: libtorch 2.11's SDPA picks cuDNN for masked attention too on
 /// an H200 (`pspace doctor --device cuda`), and left-padded prompt batches have a new shape each
-/// batch. The bias is laid out with its rows padded to a multiple of 16 elements, the alignment
-/// that kernel requires (SDPA pads the same way). On a CPU, SDPA with the boolean mask.
-pub(crate) fn masked_attention(q: &Tensor, k: &Tensor, v: &Tensor, allowed: &Tensor) -> Tensor {
-    if !q.device().is_cuda() {
-        return Tensor::scaled_dot_product_attention(q, k, v, Some(allowed), 0.0, false, None, false);
+/// batch. On a CPU (a boolean mask), SDPA.
+pub(crate) fn masked_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Tensor {
+    let size = q.size();
+    match size[..] {
+        [b, heads, rows, _] if mask.kind() != Kind::Bool => {
+            let keys = k.size()[2];
+            let for_backward = q.requires_grad() || k.requires_grad() || v.requires_grad();
+            Tensor::internal_scaled_dot_product_efficient_attention(
+                q,
+                k,
+                v,
+                Some(mask.expand([b, heads, rows, keys], false)),
+                for_backward,
+                0.0,
+                false,
+                None,
+            )
+            .0
+        }
+        _ => Tensor::scaled_dot_product_attention(q, k, v, Some(mask), 0.0, false, None, false),
     }
-    let [b, heads, rows, _] = q.size()[..] else {
-        return Tensor::scaled_dot_product_attention(q, k, v, Some(allowed), 0.0, false, None, false);
-    };
-    let keys = k.size()[2];
-    let stride = (keys + 15) / 16 * 16;
-    let mut bias = Tensor::zeros([b, 1, rows, stride], (q.kind(), q.device())).narrow(3, 0, keys);
-    let _ = bias.masked_fill_(&allowed.logical_not(), f64::NEG_INFINITY);
-    let for_backward = q.requires_grad() || k.requires_grad() || v.requires_grad();
-    Tensor::internal_scaled_dot_product_efficient_attention(
-        q,
-        k,
-        v,
-        Some(bias.expand([b, heads, rows, keys], false)),
-        for_backward,
-        0.0,
-        false,
-        None,
-    )
-    .0
 }
 
 fn apply_rotary(x: &Tensor, cos: &Tensor, sin_signed: &Tensor) -> Tensor {
@@ -560,6 +574,7 @@ impl Model {
             segments: None,
             kind: self.kind,
             additive: std::sync::OnceLock::new(),
+            grouped: std::sync::OnceLock::new(),
         }
     }
 
@@ -582,6 +597,7 @@ impl Model {
             segments: (packed.sequences.len() > 1).then(|| Segments::new(packed, self.device)),
             kind: self.kind,
             additive: std::sync::OnceLock::new(),
+            grouped: std::sync::OnceLock::new(),
         }
     }
 
@@ -677,17 +693,12 @@ impl Model {
                     .bmm(&v.reshape([b * nkv, len, hd]))
                     .view([b, nh, t, hd])
             }
-            (Some(mask), _) => {
+            (Some(_), _) => {
                 // Grouped-query attention without copying keys: the `group` query heads that
                 // share a kv head become extra query rows of that head, so the masked
                 // (memory-efficient) kernel runs on [B, kv_heads, group * T, head_dim].
                 let qg = q.reshape([b, nkv, group * t, hd]);
-                let mask = if group > 1 {
-                    mask.repeat([1, 1, group, 1])
-                } else {
-                    mask.shallow_clone()
-                };
-                masked_attention(&qg, &k, &v, &mask).reshape([b, nh, t, hd])
+                masked_attention(&qg, &k, &v, &ctx.grouped_mask(group)).reshape([b, nh, t, hd])
             }
         };
         let attn = attn.transpose(1, 2).reshape([b * t, nh * hd]);
@@ -775,6 +786,9 @@ pub struct AttentionContext {
     /// `mask` as 0 / -inf in the model's kind, laid out [B * kv_heads, group * T, total] for
     /// grouped decoding; made once per forward pass (every layer needs the same one).
     additive: std::sync::OnceLock<Tensor>,
+    /// `mask` repeated over a kv head's query group and made [`masked_attention`]'s input, [B, 1,
+    /// group * T, total]; once per forward pass.
+    grouped: std::sync::OnceLock<Tensor>,
 }
 
 /// The sequences of a packed pass: for each, the packed rows (indices into the pass's [N]
@@ -875,6 +889,20 @@ impl Segments {
 }
 
 impl AttentionContext {
+    fn grouped_mask(&self, group: i64) -> Tensor {
+        self.grouped
+            .get_or_init(|| {
+                let allowed = self.mask.as_ref().map(Tensor::shallow_clone).unwrap_or_default();
+                let allowed = if group > 1 {
+                    allowed.repeat([1, 1, group, 1])
+                } else {
+                    allowed
+                };
+                attention_mask_for(&allowed, self.kind)
+            })
+            .shallow_clone()
+    }
+
     fn additive_mask(&self, group: i64, kv_heads: i64) -> Tensor {
         self.additive
             .get_or_init(|| {
@@ -936,7 +964,8 @@ mod tests {
     fn check(device: tch::Device, kind: Kind, tolerance: f64) {
         let (q, k, v, allowed) = inputs();
         let on = |x: &Tensor| x.to_device(device).to_kind(kind);
-        let masked = masked_attention(&on(&q), &on(&k), &on(&v), &allowed.to_device(device));
+        let mask = attention_mask_for(&allowed.to_device(device), kind);
+        let masked = masked_attention(&on(&q), &on(&k), &on(&v), &mask);
         let expected = reference(&q, &k, &v, &allowed);
         let worst = (masked.to_device(tch::Device::Cpu).to_kind(Kind::Double) - &expected)
             .abs()
