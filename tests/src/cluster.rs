@@ -264,6 +264,20 @@ pub fn lease_of(status: &serde_json::Value, name: &str) -> Option<(String, Strin
     })
 }
 
+/// `pspace status --json SPEC --store STORE` (the store's view, one row per task: task,
+/// state, attempts, failures); panics with its stderr when it fails.
+pub fn store_status_rows(spec: &Path, store: &Path) -> Vec<serde_json::Value> {
+    let out = Command::new(pspace_bin())
+        .args(["status", "--json"])
+        .arg(spec)
+        .arg("--store")
+        .arg(store)
+        .output()
+        .expect("run pspace status");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("status --json prints JSON")
+}
+
 /// How many tasks a status shows committed.
 pub fn committed_count(status: &serde_json::Value) -> usize {
     status["snapshot"]["tasks"]

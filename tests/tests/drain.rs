@@ -5,10 +5,8 @@
 //! `supervision.rs` shows).
 
 use pspace_tests::cluster::{
-    coordinator, free_port, lease_of, status_json, tiny_long_eval_spec_with_seeds, worker,
+    coordinator, free_port, lease_of, status_json, store_status_rows, tiny_long_eval_spec_with_seeds, worker,
 };
-use pspace_tests::pspace_bin;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[test]
@@ -68,14 +66,7 @@ fn sigterm_drains_the_worker_after_the_task_in_hand() {
         coord.stderr()
     );
     let _ = w2.wait_for(Duration::from_secs(30));
-    let out = Command::new(pspace_bin())
-        .args(["status", "--json"])
-        .arg(&spec)
-        .args(["--store", store.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = store_status_rows(&spec, &store);
     let rerun: Vec<&serde_json::Value> = rows.iter().filter(|r| r["attempts"] != 1).collect();
     assert!(
         rerun.is_empty(),

@@ -7,7 +7,8 @@
 //! that task panic inside the stage's thread).
 
 use pspace_tests::cluster::{
-    coordinator, free_port, tiny_long_eval_spec_with_seeds, tiny_spec_with_seeds, worker, TEST_TIMING,
+    coordinator, free_port, store_status_rows, tiny_long_eval_spec_with_seeds, tiny_spec_with_seeds, worker,
+    TEST_TIMING,
 };
 use pspace_tests::pspace_bin;
 use std::process::Command;
@@ -32,14 +33,7 @@ fn run_with_fault(fault: &str) -> (bool, String, tempfile::TempDir) {
 }
 
 fn status_rows(dir: &tempfile::TempDir) -> Vec<serde_json::Value> {
-    let out = Command::new(pspace_bin())
-        .args(["status", "--json"])
-        .arg(dir.path().join("tiny.toml"))
-        .args(["--store", dir.path().join("store").to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
+    store_status_rows(&dir.path().join("tiny.toml"), &dir.path().join("store"))
 }
 
 fn row<'a>(rows: &'a [serde_json::Value], task: &str) -> &'a serde_json::Value {

@@ -73,8 +73,13 @@ impl StepProfile {
         let setting = std::env::var("PSPACE_TRAIN_PROFILE").unwrap_or_default();
         let on = !setting.is_empty() && setting != "0";
         OPS_ON.store(setting == "ops", Ordering::Relaxed);
+        StepProfile::on(on.then_some(device))
+    }
+
+    /// Timing `device`'s work, or nothing (None).
+    fn on(device: Option<tch::Device>) -> StepProfile {
         StepProfile {
-            device: on.then_some(device),
+            device,
             steps: 0,
             phase_started: Instant::now(),
             phases: BTreeMap::new(),
@@ -193,13 +198,7 @@ mod tests {
 
     #[test]
     fn phases_add_up_in_their_first_order() {
-        let mut p = StepProfile {
-            device: Some(tch::Device::Cpu),
-            steps: 0,
-            phase_started: Instant::now(),
-            phases: BTreeMap::new(),
-            order: Vec::new(),
-        };
+        let mut p = StepProfile::on(Some(tch::Device::Cpu));
         for _ in 0..WARMUP_STEPS + 2 {
             p.start();
             p.end("forward");
@@ -215,13 +214,7 @@ mod tests {
 
     #[test]
     fn a_training_of_warm_up_steps_only_says_there_is_nothing_to_time() {
-        let mut p = StepProfile {
-            device: Some(tch::Device::Cpu),
-            steps: 0,
-            phase_started: Instant::now(),
-            phases: BTreeMap::new(),
-            order: Vec::new(),
-        };
+        let mut p = StepProfile::on(Some(tch::Device::Cpu));
         p.start();
         p.end("forward");
         p.step_done();
@@ -234,13 +227,7 @@ mod tests {
 
     #[test]
     fn off_records_nothing() {
-        let mut p = StepProfile {
-            device: None,
-            steps: 0,
-            phase_started: Instant::now(),
-            phases: BTreeMap::new(),
-            order: Vec::new(),
-        };
+        let mut p = StepProfile::on(None);
         p.start();
         p.end("forward");
         assert!(p.phases.is_empty() && !p.enabled());

@@ -656,6 +656,18 @@ mod tests {
         }
     }
 
+    /// A LoRA without dropout whose A and B are random (B starts at zero, so its gradients
+    /// would be too), seeded.
+    fn lora_with_random_weights(model: &Model, seed: i64) -> Lora {
+        let l = lora(model, 0.0);
+        let _guard = tch::no_grad_guard();
+        tch::manual_seed(seed);
+        for mut p in l.parameters() {
+            p.copy_(&(Tensor::randn_like(&p) * 0.05));
+        }
+        l
+    }
+
     fn lora(model: &Model, dropout: f64) -> Lora {
         let cfg = LoraConfig {
             rank: 4,
@@ -789,14 +801,7 @@ mod tests {
     #[test]
     fn a_rounded_pass_has_the_loss_and_gradients_of_the_rows_alone() {
         let model = tiny();
-        let l = lora(&model, 0.0);
-        {
-            let _guard = tch::no_grad_guard();
-            tch::manual_seed(7);
-            for mut p in l.parameters() {
-                p.copy_(&(Tensor::randn_like(&p) * 0.05));
-            }
-        }
+        let l = lora_with_random_weights(&model, 7);
         let ex = examples(3); // 5, 12 and 6 tokens
         let rows: Vec<(&[i64], &[i64])> = ex
             .iter()
@@ -839,14 +844,7 @@ mod tests {
     #[test]
     fn rows_sharing_a_prefix_pack_it_once_with_the_same_loss_and_gradients() {
         let model = tiny();
-        let l = lora(&model, 0.0);
-        {
-            let _guard = tch::no_grad_guard();
-            tch::manual_seed(5);
-            for mut p in l.parameters() {
-                p.copy_(&(Tensor::randn_like(&p) * 0.05));
-            }
-        }
+        let l = lora_with_random_weights(&model, 5);
         let prefix: Vec<i64> = (0..40).map(|j| (j * 37 % 900) as i64 + 3).collect();
         let with = |tail: &[i64]| [prefix.as_slice(), tail].concat();
         let rows: Vec<Vec<i64>> = vec![
@@ -936,14 +934,7 @@ mod tests {
     #[test]
     fn stacked_and_single_gate_up_give_the_same_loss_and_gradients() {
         let model = tiny();
-        let l = lora(&model, 0.0);
-        {
-            let _guard = tch::no_grad_guard();
-            tch::manual_seed(21);
-            for mut p in l.parameters() {
-                p.copy_(&(Tensor::randn_like(&p) * 0.05));
-            }
-        }
+        let l = lora_with_random_weights(&model, 21);
         let rows: Vec<Vec<i64>> = (0..4)
             .map(|r| {
                 (0..300)
