@@ -58,6 +58,21 @@ async fn from_store(args: &StatusArgs) -> Result<()> {
             );
         }
     }
+    let store = Store::open(&location)?;
+    // Asked before anything is measured: a folder that is not this spec's store must not read
+    // as a run with nothing done (every task `ready` or `waiting`, exit 0).
+    let fresh = match holding(&store, &spec.experiment.name).await? {
+        Holding::Run => false,
+        Holding::Nothing => true,
+        Holding::Other(found) => bail!(
+            "{location} holds no store of experiment {:?}: a run of this spec writes under \
+             {location}/{}/, which is not there; found {}. Pass the store this spec ran into \
+             (--store, or the spec's `store`), or the spec that ran into this one",
+            spec.experiment.name,
+            spec.experiment.name,
+            found.join(", ")
+        ),
+    };
     // As the run settled it (the ids of the tasks that run the model name it); unsettled, as a
     // run here would settle it, without keeping the choice.
     let device = spec.device()?;
@@ -67,7 +82,6 @@ async fn from_store(args: &StatusArgs) -> Result<()> {
         &session::scratch_for(&location)?,
         session::Settling::Peek,
     )?;
-    let store = Store::open(&location)?;
     let events = Journal::read(&store, &spec.experiment.name).await?;
     // Every run's events: the highest attempt a task reached and every failure it had.
     let history = histories(&events);
@@ -105,6 +119,12 @@ async fn from_store(args: &StatusArgs) -> Result<()> {
         "experiment {}  store {location}  (from the store; no coordinator asked)",
         spec.experiment.name
     );
+    if fresh {
+        println!(
+            "nothing committed yet: {location} holds no run of experiment {:?} (a run of this spec writes under {location}/{}/)",
+            spec.experiment.name, spec.experiment.name
+        );
+    }
     let count = |word: &str| rows.iter().filter(|r| r["state"] == word).count();
     let committed = count(TaskPhase::Committed.as_str());
     for r in &rows {
@@ -137,4 +157,115 @@ async fn from_store(args: &StatusArgs) -> Result<()> {
         bail!("the spec plans no task");
     }
     Ok(())
+}
+
+/// What a store's root holds for an experiment.
+#[derive(Debug, PartialEq)]
+enum Holding {
+    /// The experiment's folder: a run of the spec wrote here.
+    Run,
+    /// Nothing but pspace's own working files: a store no run has written to yet.
+    Nothing,
+    /// No folder of the experiment, but other content, described for a person (at most a few
+    /// names; other experiments' stores named as such).
+    Other(Vec<String>),
+}
+
+/// Names at the root that pspace itself leaves in any store it opened: the scratch folder
+/// (dtype choice, file digests) and the create-only probe's folder.
+const OWN_NAMES: [&str; 2] = [".scratch/", "_pspace/"];
+
+/// How many names of foreign content an error lists before it counts the rest.
+const LISTED: usize = 8;
+
+/// Whether `store` holds a run of `experiment`, nothing yet, or something else: one listing
+/// of the root, and for each folder there whether it is some experiment's (a coordinator's
+/// journal under it: every run, local or distributed, keeps one).
+async fn holding(store: &Store, experiment: &str) -> Result<Holding> {
+    let names: Vec<String> = store
+        .top_level()
+        .await?
+        .into_iter()
+        .filter(|n| !OWN_NAMES.contains(&n.as_str()))
+        .collect();
+    if names.iter().any(|n| n.trim_end_matches('/') == experiment) {
+        return Ok(Holding::Run);
+    }
+    if names.is_empty() {
+        return Ok(Holding::Nothing);
+    }
+    let mut found = Vec::new();
+    if names.iter().any(|n| n == "_coordinator/") {
+        found.push(
+            "a coordinator's journal (`_coordinator/`): this looks like one experiment's folder \
+             inside a store, and the store is the folder above it"
+                .to_string(),
+        );
+    }
+    let others: Vec<&String> = names.iter().filter(|n| *n != "_coordinator/").collect();
+    for name in others.iter().take(LISTED) {
+        let journal = match name.strip_suffix('/') {
+            Some(folder) => !store
+                .list(&format!("{folder}/_coordinator/epochs/"))
+                .await?
+                .is_empty(),
+            None => false,
+        };
+        found.push(if journal {
+            format!(
+                "{name} (the store of experiment {:?})",
+                name.trim_end_matches('/')
+            )
+        } else {
+            name.to_string()
+        });
+    }
+    let rest = others.len().saturating_sub(LISTED);
+    if rest > 0 {
+        found.push(format!("{rest} more"));
+    }
+    Ok(Holding::Other(found))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn holding_of(dir: &std::path::Path, experiment: &str) -> Holding {
+        let store = Store::local(dir).unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(holding(&store, experiment))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_store_holds_this_run_nothing_yet_or_something_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        // Only pspace's own working files: a store no run wrote to yet.
+        std::fs::create_dir_all(root.join(".scratch")).unwrap();
+        std::fs::write(root.join(".scratch/dtype-auto.json"), b"{}").unwrap();
+        std::fs::create_dir_all(root.join("_pspace/probe")).unwrap();
+        assert_eq!(holding_of(root, "tiny"), Holding::Nothing);
+        // Another experiment's run, and a file of the user's.
+        std::fs::create_dir_all(root.join("demo/_coordinator/epochs")).unwrap();
+        std::fs::write(root.join("demo/_coordinator/epochs/00000001"), b"1").unwrap();
+        std::fs::write(root.join("notes.txt"), b"n").unwrap();
+        assert_eq!(
+            holding_of(root, "tiny"),
+            Holding::Other(vec![
+                "demo/ (the store of experiment \"demo\")".to_string(),
+                "notes.txt".to_string()
+            ])
+        );
+        std::fs::create_dir_all(root.join("tiny/42")).unwrap();
+        assert_eq!(holding_of(root, "tiny"), Holding::Run);
+        // The experiment's own folder given as the store.
+        match holding_of(&root.join("demo"), "demo") {
+            Holding::Other(found) => assert!(found[0].contains("the folder above it"), "{found:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
 }

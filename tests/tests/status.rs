@@ -164,3 +164,64 @@ fn status_of_an_unsettled_auto_spec_counts_what_a_run_would_reuse() {
         "status kept a dtype choice"
     );
 }
+
+/// A folder that is not this spec's store was read as a store with nothing done: every task
+/// `ready` or `waiting`, exit 0, whatever the folder held (a fresh-user probe pointed it at an
+/// unrelated folder and at another spec's store). Now: another spec's store, an unrelated
+/// folder and one experiment's folder given as the store each exit 1 saying what was expected
+/// and what is there; an empty folder still reads as nothing committed yet, and says so.
+#[test]
+fn status_of_a_folder_that_is_not_this_spec_s_store_says_so() {
+    let (dir, spec, store) = store_after_one_task();
+    let text = std::fs::read_to_string(&spec).unwrap();
+    assert!(
+        text.contains("name = \"tiny\"\n"),
+        "the tiny spec's name line moved"
+    );
+    let other = dir.path().join("other.toml");
+    std::fs::write(&other, text.replace("name = \"tiny\"\n", "name = \"other\"\n")).unwrap();
+
+    let (code, stdout, stderr) = status(&other, &store, &[]);
+    assert_eq!(code, Some(1), "another spec's store:\n{stdout}{stderr}");
+    let root = store.display();
+    assert!(
+        stderr.contains(&format!(
+            "{root} holds no store of experiment \"other\": a run of this spec writes under {root}/other/, which is not there; found tiny/ (the store of experiment \"tiny\")"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(stdout, "", "no table for a store of another spec");
+    // --json too: the error, no rows.
+    let (code, stdout, _) = status(&other, &store, &["--json"]);
+    assert_eq!((code, stdout.as_str()), (Some(1), ""));
+
+    let unrelated = dir.path().join("unrelated");
+    std::fs::create_dir_all(unrelated.join("src")).unwrap();
+    std::fs::write(unrelated.join("README"), "x").unwrap();
+    let (code, _, stderr) = status(&spec, &unrelated, &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("holds no store of experiment \"tiny\""),
+        "{stderr}"
+    );
+    assert!(stderr.contains("found src/, README."), "{stderr}");
+
+    let (code, _, stderr) = status(&spec, &store.join("tiny"), &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("the store is the folder above it"), "{stderr}");
+
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let (code, stdout, stderr) = status(&spec, &empty, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "nothing committed yet: {} holds no run of experiment \"tiny\"",
+            empty.display()
+        )),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) = status(&spec, &store, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stdout.contains("nothing committed yet"), "{stdout}");
+}

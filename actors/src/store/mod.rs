@@ -288,6 +288,28 @@ impl Store {
         Ok(keys)
     }
 
+    /// The names directly under the store's root, sorted: folders (key prefixes) with a trailing
+    /// `/`, then objects. One listing request, not a walk of everything below, so `pspace status`
+    /// can say what a folder that is not the spec's store holds, however large it is.
+    pub async fn top_level(&self) -> Result<Vec<String>, StoreError> {
+        let listed = self
+            .inner
+            .list_with_delimiter(None)
+            .await
+            .map_err(self.io("list", ""))?;
+        let name = |p: &StorePath| p.filename().unwrap_or_default().to_string();
+        let mut folders: Vec<String> = listed
+            .common_prefixes
+            .iter()
+            .map(|p| format!("{}/", name(p)))
+            .collect();
+        let mut objects: Vec<String> = listed.objects.iter().map(|o| name(&o.location)).collect();
+        folders.sort();
+        objects.sort();
+        folders.extend(objects);
+        Ok(folders)
+    }
+
     /// Deletes the object at `key`; deleting an absent key is not an error.
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         match self.inner.delete(&StorePath::from(key)).await {
@@ -304,6 +326,25 @@ fn is_not_found(error: &StoreError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn top_level_names_folders_then_objects_without_walking_below() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("demo/42/extract")).unwrap();
+        std::fs::write(dir.path().join("demo/42/extract/manifest.json"), b"{}").unwrap();
+        std::fs::create_dir_all(dir.path().join("alpha")).unwrap();
+        std::fs::write(dir.path().join("alpha/x"), b"x").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), b"n").unwrap();
+        let store = Store::local(dir.path()).unwrap();
+        assert_eq!(store.top_level().await.unwrap(), ["alpha/", "demo/", "notes.txt"]);
+        let empty = tempfile::tempdir().unwrap();
+        assert!(Store::local(empty.path())
+            .unwrap()
+            .top_level()
+            .await
+            .unwrap()
+            .is_empty());
+    }
 
     #[test]
     fn locations_parse_and_a_bucketless_one_is_an_error() {
