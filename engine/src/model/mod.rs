@@ -9,6 +9,7 @@
 
 mod adapter;
 mod config;
+mod flash;
 mod load;
 pub mod random;
 pub mod rope;
@@ -659,22 +660,19 @@ impl Model {
         crate::train::profile::op_lap("rotary, split", self.device);
         let group = nh / nkv;
         let attn = match (&ctx.mask, &ctx.segments) {
-            (None, Some(seg)) => {
-                // Packed sequences: laid out as a right-padded [S, heads, L, head_dim] batch for
-                // the causal kernel (a real query only sees its own, earlier keys), and the real
-                // rows gathered back. A constant number of kernels, whatever S is.
-                let to_padded =
-                    |x: &Tensor, heads: i64| seg.to_padded(&x.squeeze_dim(0).transpose(0, 1), heads, hd);
-                let (qp, kp, vp) = (to_padded(&q, nh), to_padded(&k, nkv), to_padded(&v, nkv));
-                crate::train::profile::op_lap("attention: to padded", self.device);
-                let out = causal_attention(&qp, &kp, &vp);
-                crate::train::profile::op_lap("attention: kernel", self.device);
-                out.transpose(1, 2)
-                    .reshape([seg.count * seg.width, nh, hd])
-                    .index_select(0, &seg.packed_from_padded)
-                    .unsqueeze(0)
-                    .transpose(1, 2) // [1, nh, N, hd]
+            (None, Some(seg)) if flash::usable(&q) => {
+                // Packed sequences through the variable-length kernel, in their packed rows
+                // (module `flash`); the padded layout below if it fails.
+                let rows = |x: &Tensor| x.squeeze_dim(0).transpose(0, 1);
+                match seg.varlen_attention(&rows(&q), &rows(&k), &rows(&v), flash::varlen_causal) {
+                    Some(out) => {
+                        crate::train::profile::op_lap("attention: kernel", self.device);
+                        out.unsqueeze(0).transpose(1, 2) // [1, nh, N, hd]
+                    }
+                    None => seg.padded_attention(&q, &k, &v, nh, nkv, hd, self.device),
+                }
             }
+            (None, Some(seg)) => seg.padded_attention(&q, &k, &v, nh, nkv, hd, self.device),
             (None, None) => causal_attention(&q, &k, &v),
             (Some(_), _) if t <= 8 => {
                 // Decoding: a few query rows against a long cache. Grouped-query attention as
@@ -839,6 +837,14 @@ pub struct Segments {
     slot_rows: Option<Tensor>,
     /// [N]: for each packed row, the padded slot its output comes from.
     packed_from_padded: Tensor,
+    /// int32 [S + 1]: where each sequence starts among the M slots listed sequence after
+    /// sequence (the variable-length kernel's layout), and M at the end.
+    cu_seqlens: Tensor,
+    /// The longest sequence, in rows.
+    longest: i64,
+    /// [N]: for each packed row, the first of the M listed slots that holds it; None when slot i
+    /// holds row i (`slot_rows` is None).
+    packed_from_listed: Option<Tensor>,
 }
 
 impl Segments {
@@ -855,23 +861,88 @@ impl Segments {
         let mut slots = Vec::with_capacity(packed.positions.len());
         let mut slot_rows = Vec::with_capacity(packed.positions.len());
         let mut from_padded: Vec<Option<i64>> = vec![None; packed.positions.len()];
+        let mut from_listed: Vec<Option<i64>> = vec![None; packed.positions.len()];
+        let mut cu_seqlens = Vec::with_capacity(packed.sequences.len() + 1);
+        cu_seqlens.push(0i32);
         for (s, rows) in packed.sequences.iter().enumerate() {
             for (j, &row) in rows.iter().enumerate() {
                 let slot = s as i64 * width + j as i64;
+                from_listed[row as usize].get_or_insert(slot_rows.len() as i64);
                 slots.push(slot);
                 slot_rows.push(row);
                 from_padded[row as usize].get_or_insert(slot);
             }
+            cu_seqlens.push(slot_rows.len() as i32);
         }
         let in_order = slot_rows.iter().enumerate().all(|(i, &row)| row == i as i64);
-        let packed_from_padded: Vec<i64> = from_padded.into_iter().map(|s| s.unwrap_or(0)).collect();
+        let first =
+            |from: Vec<Option<i64>>| -> Vec<i64> { from.into_iter().map(|s| s.unwrap_or(0)).collect() };
         Segments {
             count,
             width,
             slots: Tensor::from_slice(&slots).to_device(device),
             slot_rows: (!in_order).then(|| Tensor::from_slice(&slot_rows).to_device(device)),
-            packed_from_padded: Tensor::from_slice(&packed_from_padded).to_device(device),
+            packed_from_padded: Tensor::from_slice(&first(from_padded)).to_device(device),
+            cu_seqlens: Tensor::from_slice(&cu_seqlens).to_device(device),
+            longest,
+            packed_from_listed: (!in_order)
+                .then(|| Tensor::from_slice(&first(from_listed)).to_device(device)),
         }
+    }
+
+    /// Causal attention of each sequence over its own rows, q [1, heads, N, head_dim] and k, v
+    /// [1, kv_heads, N, head_dim], output [1, heads, N, head_dim]: laid out as a right-padded
+    /// [S, heads, width, head_dim] batch for the causal kernel (a real query only sees its own,
+    /// earlier keys), and the real rows gathered back. A constant number of kernels, whatever S
+    /// is.
+    #[allow(clippy::too_many_arguments)]
+    fn padded_attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        heads: i64,
+        kv_heads: i64,
+        head_dim: i64,
+        device: tch::Device,
+    ) -> Tensor {
+        let to_padded =
+            |x: &Tensor, heads: i64| self.to_padded(&x.squeeze_dim(0).transpose(0, 1), heads, head_dim);
+        let (qp, kp, vp) = (
+            to_padded(q, heads),
+            to_padded(k, kv_heads),
+            to_padded(v, kv_heads),
+        );
+        crate::train::profile::op_lap("attention: to padded", device);
+        let out = causal_attention(&qp, &kp, &vp);
+        crate::train::profile::op_lap("attention: kernel", device);
+        out.transpose(1, 2)
+            .reshape([self.count * self.width, heads, head_dim])
+            .index_select(0, &self.packed_from_padded)
+            .unsqueeze(0)
+            .transpose(1, 2)
+    }
+
+    /// Causal attention of each sequence over its own rows, q [N, heads, head_dim] and k, v [N,
+    /// kv_heads, head_dim] in packed row order, output [N, heads, head_dim]; `kernel` is the
+    /// variable-length kernel's contract ([`flash::varlen_causal`]: the listed slots, the
+    /// cumulative lengths, the longest). None when the kernel failed.
+    fn varlen_attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        kernel: impl Fn(&Tensor, &Tensor, &Tensor, &Tensor, i64) -> Option<Tensor>,
+    ) -> Option<Tensor> {
+        let listed = |x: &Tensor| match &self.slot_rows {
+            Some(rows) => x.index_select(0, rows),
+            None => x.shallow_clone(),
+        };
+        let out = kernel(&listed(q), &listed(k), &listed(v), &self.cu_seqlens, self.longest)?;
+        Some(match &self.packed_from_listed {
+            Some(from) => out.index_select(0, from),
+            None => out,
+        })
     }
 
     /// Packed rows `x` [N, heads, head_dim] as the right-padded batch [S, heads, width,
@@ -1001,5 +1072,138 @@ mod tests {
             check(cuda, Kind::BFloat16, 3e-2);
             eprintln!("checked on {cuda:?}");
         }
+    }
+
+    /// Three sequences over 17 packed rows: the second shares the first's 3-row prefix (it lists
+    /// rows 0..3, then its own), so 20 slots are listed for 17 rows.
+    fn shared_prefix() -> PackedSequences {
+        PackedSequences {
+            sequences: vec![
+                (0..6).collect(),
+                [0, 1, 2, 6, 7, 8, 9].to_vec(),
+                (10..17).collect(),
+            ],
+            positions: [(0..6).collect::<Vec<i64>>(), (3..7).collect(), (0..7).collect()].concat(),
+        }
+    }
+
+    /// The variable-length contract written out: SDPA over each sequence's slots in turn.
+    fn per_sequence(q: &Tensor, k: &Tensor, v: &Tensor, cu: &Tensor, _longest: i64) -> Option<Tensor> {
+        let cu = Vec::<i32>::try_from(cu.to_device(tch::Device::Cpu)).ok()?;
+        let batch = |x: &Tensor, a: i64, n: i64| x.narrow(0, a, n).transpose(0, 1).unsqueeze(0);
+        let outs: Vec<Tensor> = cu
+            .windows(2)
+            .map(|w| {
+                let (a, n) = (w[0] as i64, (w[1] - w[0]) as i64);
+                Tensor::scaled_dot_product_attention(
+                    &batch(q, a, n),
+                    &batch(k, a, n),
+                    &batch(v, a, n),
+                    None::<Tensor>,
+                    0.0,
+                    true,
+                    None,
+                    true,
+                )
+                .squeeze_dim(0)
+                .transpose(0, 1)
+            })
+            .collect();
+        Some(Tensor::cat(&outs, 0))
+    }
+
+    /// q [1, 4, 17, 8], k and v [1, 2, 17, 8] (grouped) on `device` in `kind`: fixed values
+    /// (not from the process-wide generator, which tests running in parallel share).
+    fn packed_qkv(device: tch::Device, kind: Kind) -> [Tensor; 3] {
+        [(4, 0.7), (2, 1.3), (2, 2.9)].map(|(heads, phase)| {
+            ((Tensor::arange(heads * 17 * 8, (Kind::Float, tch::Device::Cpu)) * 0.37 + phase).sin() * 2.0)
+                .view([1, heads, 17, 8])
+                .to_kind(kind)
+                .to_device(device)
+        })
+    }
+
+    /// [`flash::varlen_causal`]'s signature.
+    type VarlenKernel = dyn Fn(&Tensor, &Tensor, &Tensor, &Tensor, i64) -> Option<Tensor>;
+
+    /// The attention of [`packed_qkv`]'s inputs and its gradients (fresh leaves each call).
+    fn attention_and_gradients(
+        seg: &Segments,
+        device: tch::Device,
+        kind: Kind,
+        varlen: Option<&VarlenKernel>,
+    ) -> Vec<Tensor> {
+        let qkv = packed_qkv(device, kind).map(|x| x.set_requires_grad(true));
+        let [q, k, v] = &qkv;
+        let out = match varlen {
+            Some(kernel) => {
+                let rows = |x: &Tensor| x.squeeze_dim(0).transpose(0, 1);
+                seg.varlen_attention(&rows(q), &rows(k), &rows(v), kernel)
+                    .expect("kernel ran")
+                    .unsqueeze(0)
+                    .transpose(1, 2)
+            }
+            None => seg.padded_attention(q, k, v, 4, 2, 8, q.device()),
+        };
+        // A weighting that differs per row and head, so every gradient entry matters.
+        let weight = Tensor::arange(out.numel() as i64, (out.kind(), out.device()))
+            .view(out.size().as_slice())
+            .sin();
+        (&out * weight).sum(Kind::Float).backward();
+        let mut all = vec![out.detach().to_kind(Kind::Float).to_device(tch::Device::Cpu)];
+        all.extend(
+            qkv.iter()
+                .map(|x| x.grad().to_kind(Kind::Float).to_device(tch::Device::Cpu)),
+        );
+        all
+    }
+
+    fn assert_close(got: &[Tensor], expected: &[Tensor], tolerance: f64, what: &str) {
+        for (i, (g, e)) in got.iter().zip(expected).enumerate() {
+            let worst = (g - e).abs().max().double_value(&[]);
+            let scale = 1.0 + e.abs().max().double_value(&[]);
+            assert!(
+                worst < tolerance * scale,
+                "{what}: tensor {i} (output, dq, dk, dv) differs by {worst} (largest value {})",
+                scale - 1.0
+            );
+        }
+    }
+
+    /// The variable-length layout (listed slots, cumulative lengths, outputs back to packed rows,
+    /// shared prefixes included) gives the padded layout's attention and gradients, with the
+    /// contract's kernel written out on the CPU.
+    #[test]
+    fn varlen_layout_gives_the_padded_layout_s_attention_and_gradients() {
+        for packed in [shared_prefix(), PackedSequences::back_to_back(&[6, 4, 7])] {
+            let seg = Segments::new(&packed, tch::Device::Cpu);
+            let padded = attention_and_gradients(&seg, tch::Device::Cpu, Kind::Float, None);
+            let varlen = attention_and_gradients(&seg, tch::Device::Cpu, Kind::Float, Some(&per_sequence));
+            let what = format!("cpu, written-out varlen kernel, {:?}", packed.sequences);
+            assert_close(&varlen, &padded, 1e-5, &what);
+        }
+    }
+
+    /// FlashAttention-2's variable-length kernel against the padded memory-efficient kernel, bf16
+    /// on CUDA where this machine has it (`bench/gpu_parity.sh` runs the engine's tests on the
+    /// GPU machine); on a CPU-only machine there is nothing to run.
+    #[test]
+    fn flash_varlen_attention_matches_the_padded_kernel_on_cuda() {
+        let Ok(cuda) = crate::device::Device::Cuda(0).activate() else {
+            eprintln!("no CUDA device: FlashAttention-2 not checked");
+            return;
+        };
+        for packed in [shared_prefix(), PackedSequences::back_to_back(&[6, 4, 7])] {
+            let seg = Segments::new(&packed, cuda);
+            let probe = Tensor::zeros([1, 4, 8], (Kind::BFloat16, cuda));
+            assert!(
+                flash::usable(&probe),
+                "the kernel was switched off (PSPACE_ATTENTION)"
+            );
+            let padded = attention_and_gradients(&seg, cuda, Kind::BFloat16, None);
+            let flash = attention_and_gradients(&seg, cuda, Kind::BFloat16, Some(&flash::varlen_causal));
+            assert_close(&flash, &padded, 3e-2, "cuda bf16, FlashAttention-2 varlen");
+        }
+        eprintln!("FlashAttention-2 varlen checked on {cuda:?}");
     }
 }
