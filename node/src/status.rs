@@ -5,7 +5,7 @@
 use crate::cli::StatusArgs;
 use crate::session::{self, load_spec};
 use anyhow::{bail, Result};
-use pspace_actors::coordinator::journal::{histories, Journal};
+use pspace_actors::coordinator::journal::{Histories, Journal};
 use pspace_actors::plan::{manifest_digest, plan_run};
 use pspace_actors::scheduler::TaskPhase;
 use pspace_actors::store::Store;
@@ -83,8 +83,9 @@ async fn from_store(args: &StatusArgs) -> Result<()> {
         session::Settling::Peek,
     )?;
     let events = Journal::read(&store, &spec.experiment.name).await?;
-    // Every run's events: the highest attempt a task reached and every failure it had.
-    let history = histories(&events);
+    // Every run's events: the highest attempt a task reached and every failure it had, by
+    // task id (a key's earlier tasks, before the spec or an input changed, are other tasks).
+    let history = Histories::from_events(&events);
     let mut digests: BTreeMap<String, String> = BTreeMap::new();
     let mut rows = Vec::new();
     let files = session::fingerprints(&spec, &location, session::DigestKeeping::ReadOnly)?;
@@ -92,10 +93,12 @@ async fn from_store(args: &StatusArgs) -> Result<()> {
         let key = entry.key.to_string();
         // The coordinator's words for the states the store shows (a task that can start now
         // is `ready` in both forms); leases and backoffs only a coordinator knows.
-        let state = match entry.resolve(|d| digests.get(d.as_str()).cloned()) {
+        let task = entry.resolve(|d| digests.get(d.as_str()).cloned());
+        let id = task.as_ref().map(|t| t.id());
+        let state = match &task {
             None => TaskPhase::Waiting,
             Some(task) => match store
-                .committed_manifest(&entry.dir(&spec.experiment.name, &task))
+                .committed_manifest(&entry.dir(&spec.experiment.name, task))
                 .await?
             {
                 Some(m) => {
@@ -105,9 +108,9 @@ async fn from_store(args: &StatusArgs) -> Result<()> {
                 None => TaskPhase::Ready,
             },
         };
-        let h = history.get(&entry.key).cloned().unwrap_or_default();
+        let h = history.of(&entry.key, id.as_deref());
         rows.push(serde_json::json!({
-            "task": key, "state": state, "attempts": h.attempts,
+            "task": key, "id": id, "state": state, "attempts": h.attempts,
             "failures": h.failures.iter().map(|(c, m)| format!("{c}: {m}")).collect::<Vec<_>>(),
         }));
     }

@@ -225,3 +225,61 @@ fn status_of_a_folder_that_is_not_this_spec_s_store_says_so() {
     assert_eq!(code, Some(0), "{stderr}");
     assert!(!stdout.contains("nothing committed yet"), "{stdout}");
 }
+
+/// `pspace status` counts a task's attempts and failures by its task id, not by its key
+/// (`seed/kind/label`): after a spec change gives `extract/base` a new id, the new task that ran
+/// once showed the old task's two attempts and its crash (fresh-user probe). The JSON names the
+/// id each row's attempts belong to.
+#[test]
+fn attempts_and_failures_belong_to_the_task_id_not_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = tiny_spec_with_seeds(dir.path(), &[42]);
+    let store = dir.path().join("store");
+    let run = |fault: Option<&str>| {
+        let mut cmd = Command::new(pspace_bin());
+        cmd.args(["run", "--only", "extract/base", "--store"])
+            .arg(&store)
+            .arg(&spec);
+        if let Some(fault) = fault {
+            cmd.env("PSPACE_FAULT_PANIC", fault);
+        }
+        let out = cmd.output().expect("run pspace");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let base = || {
+        let (code, stdout, stderr) = status(&spec, &store, &["--json"]);
+        assert_eq!(code, Some(0), "{stderr}");
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+        rows.into_iter().find(|r| r["task"] == "42/extract/base").unwrap()
+    };
+    // One crash, then the second attempt commits.
+    run(Some("extract/base:1"));
+    let before = base();
+    assert_eq!(
+        (&before["state"], &before["attempts"]),
+        (&"committed".into(), &2.into()),
+        "{before}"
+    );
+    assert_eq!(before["failures"].as_array().unwrap().len(), 1, "{before}");
+    // Another extraction length: another task under the same key, run once.
+    let text = std::fs::read_to_string(&spec).unwrap();
+    assert!(
+        text.contains("max_new_tokens = 24\n"),
+        "the tiny spec's extraction line moved"
+    );
+    std::fs::write(
+        &spec,
+        text.replacen("max_new_tokens = 24\n", "max_new_tokens = 20\n", 1),
+    )
+    .unwrap();
+    run(None);
+    let after = base();
+    assert_eq!(after["state"], "committed", "{after}");
+    assert_eq!(after["attempts"], 1, "the new task ran once: {after}");
+    assert_eq!(after["failures"], serde_json::json!([]), "{after}");
+    assert_ne!(
+        after["id"], before["id"],
+        "the spec change gives extract/base a new id"
+    );
+    assert!(after["id"].as_str().is_some_and(|id| !id.is_empty()), "{after}");
+}

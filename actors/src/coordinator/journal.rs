@@ -21,6 +21,11 @@ use std::collections::BTreeMap;
 pub enum Event {
     Granted {
         task: TaskRef,
+        /// The task's content id: a key (`seed/kind/label`) names a different task once the spec
+        /// or an input changes, and its attempts are not this one's. Absent in journals written
+        /// before ids were journaled.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
         attempt: u32,
         lease: String,
         worker: String,
@@ -28,6 +33,9 @@ pub enum Event {
     },
     Failed {
         task: TaskRef,
+        /// As in `Granted`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
         attempt: u32,
         class: FailureClass,
         message: String,
@@ -168,6 +176,53 @@ pub fn histories(events: &[Event]) -> BTreeMap<TaskRef, TaskHistory> {
     out
 }
 
+/// Every run's history of each task, by task id: what `pspace status` shows beside a task of
+/// the plan. A key's events under another id (an earlier spec, other inputs) are not counted.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Histories {
+    by_id: BTreeMap<String, TaskHistory>,
+    /// Events journaled before ids were, by key: the only way to place them.
+    without_id: BTreeMap<TaskRef, TaskHistory>,
+}
+
+impl Histories {
+    pub fn from_events(events: &[Event]) -> Histories {
+        let mut out = Histories::default();
+        for event in events {
+            let (task, id, attempt, failure) = match event {
+                Event::RunEnded { .. } | Event::RunTrace { .. } => continue,
+                Event::Granted {
+                    task, id, attempt, ..
+                } => (task, id, attempt, None),
+                Event::Failed {
+                    task,
+                    id,
+                    attempt,
+                    class,
+                    message,
+                    ..
+                } => (task, id, attempt, Some((*class, message.clone()))),
+            };
+            let h = match id {
+                Some(id) => out.by_id.entry(id.clone()).or_default(),
+                None => out.without_id.entry(task.clone()).or_default(),
+            };
+            h.attempts = h.attempts.max(*attempt);
+            h.failures.extend(failure);
+        }
+        out
+    }
+
+    /// The history of the task `key` whose id is `id` (None: not known yet, its inputs are
+    /// not committed, so no attempt of it can have run).
+    pub fn of(&self, key: &TaskRef, id: Option<&str>) -> TaskHistory {
+        id.and_then(|id| self.by_id.get(id))
+            .or_else(|| self.without_id.get(key))
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -188,6 +243,7 @@ mod tests {
         let t = TaskRef::new("42/extract/base");
         j1.append(&Event::Granted {
             task: t.clone(),
+            id: None,
             attempt: 1,
             lease: "1:42/extract/base:1:0".into(),
             worker: "w".into(),
@@ -197,6 +253,7 @@ mod tests {
         .unwrap();
         j1.append(&Event::Failed {
             task: t.clone(),
+            id: None,
             attempt: 1,
             class: FailureClass::Crash,
             message: "boom".into(),
@@ -219,6 +276,64 @@ mod tests {
         let h = &histories(&events)[&t];
         assert_eq!(h.attempts, 1);
         assert_eq!(h.failures, vec![(FailureClass::Crash, "boom".to_string())]);
+    }
+
+    /// A key's attempts under another task id (the spec changed between two runs) are not the
+    /// current task's: status showed the old task's three attempts and its failures beside the
+    /// new task that ran once.
+    #[test]
+    fn histories_count_the_attempts_of_one_task_id_only() {
+        let t = TaskRef::new("42/train_em/E0");
+        let granted = |id: Option<&str>, attempt| Event::Granted {
+            task: t.clone(),
+            id: id.map(str::to_string),
+            attempt,
+            lease: format!("1:42/train_em/E0:{attempt}:0"),
+            worker: "w".into(),
+            unix_ms: 1,
+        };
+        let failed = |id: Option<&str>, attempt| Event::Failed {
+            task: t.clone(),
+            id: id.map(str::to_string),
+            attempt,
+            class: FailureClass::Crash,
+            message: format!("boom {attempt}"),
+            unix_ms: 2,
+        };
+        let events = vec![
+            granted(Some("aaaa"), 1),
+            failed(Some("aaaa"), 1),
+            granted(Some("aaaa"), 2),
+            failed(Some("aaaa"), 2),
+            granted(Some("aaaa"), 3),
+            Event::RunEnded {
+                failure: None,
+                unix_ms: 3,
+            },
+            granted(Some("bbbb"), 1),
+        ];
+        let h = Histories::from_events(&events);
+        assert_eq!(
+            h.of(&t, Some("bbbb")),
+            TaskHistory {
+                attempts: 1,
+                failures: vec![]
+            }
+        );
+        assert_eq!(h.of(&t, Some("aaaa")).attempts, 3);
+        assert_eq!(h.of(&t, Some("aaaa")).failures.len(), 2);
+        assert_eq!(h.of(&t, Some("cccc")), TaskHistory::default());
+        assert_eq!(
+            h.of(&t, None),
+            TaskHistory::default(),
+            "no id yet: no attempt of it ran"
+        );
+        // A journal from before ids were journaled still counts, by key.
+        let old = Histories::from_events(&[granted(None, 1), failed(None, 1), granted(None, 2)]);
+        assert_eq!(old.of(&t, Some("bbbb")).attempts, 2);
+        // And such an event parses: `id` is optional.
+        let text = r#"{"event":"granted","task":"42/train_em/E0","attempt":1,"lease":"1:42/train_em/E0:1:0","worker":"w","unix_ms":1}"#;
+        assert_eq!(serde_json::from_str::<Event>(text).unwrap(), granted(None, 1));
     }
 
     #[tokio::test]

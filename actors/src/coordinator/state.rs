@@ -274,6 +274,7 @@ impl CoordinatorState {
                 self.journal
                     .append(&Event::Granted {
                         task: key.clone(),
+                        id: Some(task.id()),
                         attempt: grant.lease.attempt,
                         lease: lease_id.clone(),
                         worker: worker.worker_id.clone(),
@@ -493,6 +494,8 @@ impl CoordinatorState {
         }
         let event = Event::Failed {
             task: lease.task.clone(),
+            // Its inputs stay committed, so it resolves to the id it was granted under.
+            id: self.resolve(&lease.task).map(|(task, _)| task.id()),
             attempt: lease.attempt,
             class,
             message: message.to_string(),
