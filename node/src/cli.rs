@@ -89,8 +89,9 @@ pub enum Command {
 pub struct RunArgs {
     /// Experiment spec (TOML). Without it the embedded `experiments/demo.toml` runs.
     pub spec: Option<PathBuf>,
-    /// Device for model work: cpu, cuda or cuda:N. Overrides the spec's [experiment].device.
-    #[arg(long)]
+    /// Device for model work: cpu, cuda (alias gpu) or cuda:N. Overrides the spec's
+    /// [experiment].device. Checked as the run would check it, also with --dry-run.
+    #[arg(long, value_parser = crate::devices::device_arg)]
     pub device: Option<String>,
     /// One slot per GPU: `all` or indices like 0,1 (instead of --device).
     #[arg(long)]
@@ -137,8 +138,8 @@ pub struct WorkerArgs {
     /// The coordinator's gRPC endpoint (https:// for a TLS coordinator).
     #[arg(long, env = "PSPACE_COORDINATOR", default_value = "http://127.0.0.1:50051")]
     pub coordinator: String,
-    /// Device for one slot: cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
+    /// Device for one slot: cpu, cuda (alias gpu) or cuda:N.
+    #[arg(long, default_value = "cpu", value_parser = crate::devices::device_arg)]
     pub device: String,
     /// One slot per GPU: `all` or indices like 0,1 (instead of --device).
     #[arg(long)]
@@ -181,7 +182,7 @@ pub struct HealthArgs {
 
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
-    /// Device to check: cpu, cuda or cuda:N.
+    /// Device to check: cpu, cuda (alias gpu) or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Print one JSON object instead of text.

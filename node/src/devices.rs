@@ -4,6 +4,13 @@
 use anyhow::{bail, Context, Result};
 use pspace_engine::Device;
 
+/// Clap's check of a `--device` value: the name as given when the engine knows it. A wrong
+/// one is then reported by clap, naming the flag (`invalid value 'GPU' for '--device
+/// <DEVICE>': ...`), rather than as a bare device name the user cannot place.
+pub fn device_arg(name: &str) -> Result<String, pspace_engine::device::DeviceError> {
+    name.parse::<Device>().map(|_| name.to_string())
+}
+
 /// The slots' devices.
 pub fn slots(device: &str, gpus: Option<&str>) -> Result<Vec<Device>> {
     let Some(gpus) = gpus else {

@@ -46,8 +46,8 @@ pub struct ProbeArgs {
     /// and "input_ids" [T] i64.
     #[arg(long, value_name = "FILE")]
     pub logits_out: Option<PathBuf>,
-    /// cpu, cuda or cuda:N (f32 on CPU, bf16 on CUDA).
-    #[arg(long, default_value = "cpu")]
+    /// cpu, cuda (alias gpu) or cuda:N (f32 on CPU, bf16 on CUDA).
+    #[arg(long, default_value = "cpu", value_parser = crate::devices::device_arg)]
     pub device: String,
 }
 

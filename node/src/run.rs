@@ -48,6 +48,14 @@ pub fn run(args: RunArgs) -> Result<()> {
     );
     session::preflight(spec)?;
     if args.dry_run {
+        // A dry run stops where the run would: a GPU spec on a machine without CUDA is refused
+        // here, not after the plan looked fine.
+        crate::devices::activate_all(&devices).map_err(|e| {
+            anyhow::anyhow!(
+                "{e:#}\n(a dry run checks the device as the run does; `--dry-run --device cpu` \
+                 prints the plan on this machine)"
+            )
+        })?;
         return print_plan(spec, &args.only);
     }
     crate::devices::activate_all(&devices)?;

@@ -52,8 +52,8 @@ pub struct TrainArgs {
     /// the first step, so the rows and steps trained are the ones asked for.
     #[arg(long)]
     pub allow_shortfall: bool,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
+    /// cpu, cuda (alias gpu) or cuda:N.
+    #[arg(long, default_value = "cpu", value_parser = crate::devices::device_arg)]
     pub device: String,
     /// Output folder: adapter_config.json, adapter_model.safetensors, train_log.json.
     #[arg(long)]

@@ -101,3 +101,73 @@ fn a_missing_gpu_stops_the_run_before_any_task() {
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(60), "{stderr}");
 }
+
+/// Whether this machine has an NVIDIA driver (tests of the no-CUDA messages skip where it has).
+fn has_nvidia_driver() -> bool {
+    std::path::Path::new("/proc/driver/nvidia/version").exists()
+}
+
+/// `run --dry-run` of a spec with `device = "gpu"` printed the plan on a machine without CUDA,
+/// and only the real run said CUDA was missing (fresh-user probe). The dry run now stops where
+/// the run would, with the reason and how to see the plan here, and prints no plan.
+#[test]
+fn a_dry_run_of_a_gpu_spec_without_cuda_says_cuda_is_missing() {
+    if has_nvidia_driver() {
+        eprintln!("skipped: this machine has an NVIDIA driver");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let spec = pspace_tests::cluster::tiny_spec_with_seeds(dir.path(), &[42]);
+    let text = std::fs::read_to_string(&spec).unwrap();
+    assert!(
+        text.contains("\ndevice = \"cpu\"\n"),
+        "the tiny spec's device line moved"
+    );
+    std::fs::write(
+        &spec,
+        text.replace("\ndevice = \"cpu\"\n", "\ndevice = \"gpu\"\n"),
+    )
+    .unwrap();
+    let out = Command::new(pspace_bin())
+        .args(["run", "--dry-run"])
+        .arg(&spec)
+        .output()
+        .expect("run pspace");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "", "no plan: {stderr}");
+    assert!(
+        stderr.contains("pspace: error: device cuda:0: CUDA was asked for but"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("`--dry-run --device cpu` prints the plan"),
+        "{stderr}"
+    );
+}
+
+/// A wrong `--device` named no flag (`unknown device "GPU"`); clap now checks the value and
+/// names `--device`, and every command that takes a device says `gpu` is an alias of `cuda`.
+#[test]
+fn a_wrong_device_flag_is_named_and_help_mentions_the_gpu_alias() {
+    for command in ["run", "worker", "train", "probe"] {
+        let out = Command::new(pspace_bin())
+            .args([command, "--device", "GPU"])
+            .output()
+            .expect("run pspace");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command}: {stderr}");
+        assert!(
+            stderr.contains("invalid value 'GPU' for '--device <DEVICE>'") && stderr.contains("write `gpu`"),
+            "{command}: {stderr}"
+        );
+    }
+    for command in ["run", "worker", "train", "probe", "doctor"] {
+        let out = Command::new(pspace_bin())
+            .args([command, "--help"])
+            .output()
+            .expect("run pspace");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("cuda (alias gpu)"), "{command} --help: {help}");
+    }
+}
