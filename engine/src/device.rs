@@ -27,6 +27,14 @@ pub enum DeviceError {
          or set PSPACE_LIBTORCH_LIB to that folder"
     )]
     CudaUnavailable { reason: String },
+    /// No NVIDIA driver: no GPU this process could use, whatever libraries are installed (the
+    /// library-path advice of `CudaUnavailable` would send the user after the wrong thing).
+    #[error(
+        "CUDA was asked for but this machine has no CUDA device: no NVIDIA driver was found \
+         ({detail}). Use the CPU (`--device cpu`, or `device = \"cpu\"` in the spec), or run on a \
+         machine with a GPU and its driver"
+    )]
+    NoCudaDriver { detail: String },
     #[error("CUDA device {index} was asked for but only {count} device(s) are visible")]
     NoSuchCudaDevice { index: usize, count: usize },
 }
@@ -148,7 +156,37 @@ pub fn loaded_libtorch_dir() -> Option<PathBuf> {
         .and_then(|p| Path::new(p).parent().map(Path::to_path_buf))
 }
 
+/// Checks for the NVIDIA driver's user-space library, `libcuda.so.1`, which every CUDA program
+/// needs and which comes with the driver (on the host, or mounted into a container with the
+/// GPU): without it there is no GPU to use, and libtorch_cuda's failure to load (a missing
+/// libcusparse, say) would only be a symptom of that.
+fn find_cuda_driver() -> Result<(), DeviceError> {
+    static FOUND: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            let name = CString::new("libcuda.so.1").map_err(|e| e.to_string())?;
+            // SAFETY: dlopen with a valid C string; the handle is left open (libtorch_cuda loads
+            // the same library next, and unloading a driver library is never worth it).
+            let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL) };
+            if !handle.is_null() {
+                return Ok(());
+            }
+            // SAFETY: dlerror returns a thread-local C string or null.
+            let err = unsafe { libc::dlerror() };
+            Err(if err.is_null() {
+                "libcuda.so.1 cannot be loaded".to_string()
+            } else {
+                unsafe { std::ffi::CStr::from_ptr(err) }
+                    .to_string_lossy()
+                    .into_owned()
+            })
+        })
+        .clone()
+        .map_err(|detail| DeviceError::NoCudaDriver { detail })
+}
+
 fn load_cuda_backend() -> Result<(), DeviceError> {
+    find_cuda_driver()?;
     static LOADED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     LOADED
         .get_or_init(|| {
@@ -369,6 +407,24 @@ mod tests {
         assert_eq!("cuda:3".parse::<Device>().unwrap(), Device::Cuda(3));
         let err = "tpu".parse::<Device>().unwrap_err().to_string();
         assert!(err.contains("tpu") && err.contains("cuda:N"), "{err}");
+    }
+
+    /// Without a driver, CUDA is refused for that reason, not for a library libtorch_cuda lacks
+    /// (on this project's CPU machines the lean venv has no libcusparse, and the message
+    /// blamed the library path). Skipped where a driver is installed.
+    #[test]
+    fn without_a_driver_cuda_is_refused_for_the_missing_driver() {
+        if Path::new("/proc/driver/nvidia/version").exists() {
+            eprintln!("skipped: this machine has an NVIDIA driver");
+            return;
+        }
+        let message = Device::Cuda(0).activate().unwrap_err().to_string();
+        assert!(message.contains("no NVIDIA driver was found"), "{message}");
+        assert!(
+            !message.contains("libcusparse") && !message.contains("LD_LIBRARY_PATH"),
+            "{message}"
+        );
+        assert!(cuda_devices().is_empty());
     }
 
     #[test]

@@ -2,12 +2,33 @@
 //! demo model), so a user can tell a broken set-up from a slow one before starting a run.
 
 use crate::cli::DoctorArgs;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use pspace_engine::device::{self, Device};
 use serde_json::json;
 
+/// With --json a failure is JSON too, `{pspace, device, error}` on stdout (a script reading the
+/// report gets an object it can parse either way), besides the usual line on stderr and exit 1.
 pub fn run(args: DoctorArgs) -> Result<()> {
-    let requested: Device = args.device.parse()?;
+    let json = args.json;
+    let device = args.device.clone();
+    let outcome = report(args);
+    if let (true, Err(e)) = (json, &outcome) {
+        let error = json!({
+            "pspace": env!("CARGO_PKG_VERSION"),
+            "device": device,
+            "error": format!("{e:#}"),
+        });
+        println!("{}", serde_json::to_string_pretty(&error)?);
+    }
+    outcome
+}
+
+fn report(args: DoctorArgs) -> Result<()> {
+    // Parsed here rather than by clap, so that --json can report a wrong name as JSON.
+    let requested: Device = args
+        .device
+        .parse()
+        .with_context(|| format!("--device {}", args.device))?;
     let tch_device = requested.activate()?;
     let libtorch_dir = device::loaded_libtorch_dir();
     let gpus = if matches!(requested, Device::Cuda(_)) {

@@ -171,3 +171,60 @@ fn a_wrong_device_flag_is_named_and_help_mentions_the_gpu_alias() {
         assert!(help.contains("cuda (alias gpu)"), "{command} --help: {help}");
     }
 }
+
+/// `doctor --device cuda` on a machine without a GPU blamed the library path (libtorch_cuda
+/// could not load libcusparse); it now says no driver, so no CUDA device, was found. With
+/// --json every failure is a JSON object on stdout (it was the bare stderr line), a wrong
+/// device name included, which names `--device`.
+#[test]
+fn doctor_without_a_gpu_says_so_and_its_json_errors_are_json() {
+    if has_nvidia_driver() {
+        eprintln!("skipped: this machine has an NVIDIA driver");
+        return;
+    }
+    let doctor = |args: &[&str]| {
+        let out = Command::new(pspace_bin())
+            .arg("doctor")
+            .args(args)
+            .output()
+            .expect("run pspace");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, _, stderr) = doctor(&["--device", "cuda"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("this machine has no CUDA device: no NVIDIA driver was found"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("libcusparse") && !stderr.contains("LD_LIBRARY_PATH"),
+        "{stderr}"
+    );
+
+    let (code, stdout, stderr) = doctor(&["--device", "cuda", "--json"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    let v: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout:?}"));
+    assert_eq!(v["device"], "cuda", "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("no NVIDIA driver was found"),
+        "{v}"
+    );
+
+    let (code, stdout, stderr) = doctor(&["--device", "GPU", "--json"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    let v: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout:?}"));
+    let error = v["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("--device GPU: unknown device") && error.contains("write `gpu`"),
+        "{v}"
+    );
+}
