@@ -152,7 +152,10 @@ pub fn summary(status: &RunStatus) -> anyhow::Result<()> {
 
 /// Where the time went, by stage: `time by stage: train_em 5 x 20.1 s = 100.5 s, ...` over the
 /// tasks that ran now (cached ones cost nothing), in the order the stages first committed;
-/// None when nothing ran. Keys are `seed/kind/label`.
+/// None when nothing ran. Keys are `seed/kind/label`. A task's time is its committing
+/// attempt's; what attempts that did not commit cost (and the backoff between them) is added up
+/// apart, after the total, naming the tasks, so that a retried task does not make its stage
+/// look slow.
 pub fn stage_times(outcomes: &BTreeMap<String, TaskOutcome>) -> Option<String> {
     let mut ran: Vec<(&String, &TaskOutcome)> = outcomes.iter().filter(|(_, o)| !o.cached).collect();
     if ran.is_empty() {
@@ -182,14 +185,28 @@ pub fn stage_times(outcomes: &BTreeMap<String, TaskOutcome>) -> Option<String> {
         })
         .collect();
     let whole = total.round() as u64;
-    Some(format!(
+    let mut line = format!(
         "time by stage: {}; {} tasks {:.1} s ({} min {} s)",
         parts.join(", "),
         ran.len(),
         total,
         whole / 60,
         whole % 60
-    ))
+    );
+    let retried: Vec<(&String, f64)> = ran
+        .iter()
+        .filter(|(_, o)| o.lost_seconds > 0.0)
+        .map(|(key, o)| (*key, o.lost_seconds))
+        .collect();
+    if !retried.is_empty() {
+        let lost: f64 = retried.iter().map(|(_, s)| s).sum();
+        let names: Vec<&str> = retried.iter().map(|(key, _)| key.as_str()).collect();
+        line.push_str(&format!(
+            "; not counted above, attempts that did not commit: {lost:.1} s ({})",
+            names.join(", ")
+        ));
+    }
+    Some(line)
 }
 
 #[cfg(test)]
@@ -203,6 +220,7 @@ mod tests {
             outputs_dir: String::new(),
             cached,
             seconds,
+            lost_seconds: 0.0,
             order,
         }
     }
@@ -221,5 +239,23 @@ mod tests {
         );
         let cached = BTreeMap::from([("42/extract/E0".to_string(), outcome(1.0, true, 0))]);
         assert_eq!(stage_times(&cached), None);
+    }
+
+    /// A retried task counted its failed attempts into its stage's time (its seconds ran from
+    /// its first grant): a stage whose task crashed once looked twice as slow. Its committing
+    /// attempt's time counts; the rest is named apart.
+    #[test]
+    fn a_retried_task_s_lost_attempts_are_named_apart_from_its_stage_time() {
+        let mut retried = outcome(10.0, false, 0);
+        retried.lost_seconds = 31.5;
+        let outcomes = BTreeMap::from([
+            ("42/extract/base".to_string(), retried),
+            ("42/extract/E0".to_string(), outcome(12.0, false, 1)),
+        ]);
+        assert_eq!(
+            stage_times(&outcomes).unwrap(),
+            "time by stage: extract 2 x 11.0 s = 22.0 s; 2 tasks 22.0 s (0 min 22 s); not counted \
+             above, attempts that did not commit: 31.5 s (42/extract/base)"
+        );
     }
 }

@@ -23,6 +23,8 @@ struct Out {
     worker: String,
     dir: String,
     attempt: String,
+    /// When it was granted (unix ms): a committing attempt's time runs from here.
+    granted_ms: u64,
     progress: LeaseProgress,
     /// Open from grant to its end (committed, lost, failed, expired); child of the task's span,
     /// parent of the worker's spans for this attempt.
@@ -142,7 +144,7 @@ impl CoordinatorState {
                 let span = self.task_span(&key, &task);
                 span.record("cached", true);
                 self.spans.remove(&key);
-                self.record_commit(&key, &task.id(), dir, manifest, true);
+                self.record_commit(&key, &task.id(), dir, manifest, None);
             }
         }
         Ok(())
@@ -172,7 +174,17 @@ impl CoordinatorState {
             .clone()
     }
 
-    fn record_commit(&mut self, key: &TaskRef, task_id: &str, dir: String, manifest: Manifest, cached: bool) {
+    /// Records a commit; `granted_ms`: the committing lease's grant (None: found committed in
+    /// the store, cached).
+    fn record_commit(
+        &mut self,
+        key: &TaskRef,
+        task_id: &str,
+        dir: String,
+        manifest: Manifest,
+        granted_ms: Option<u64>,
+    ) {
+        let cached = granted_ms.is_none();
         let digest = manifest_digest(&manifest);
         if !cached {
             // The scheduler learnt of it through `committed`.
@@ -185,9 +197,16 @@ impl CoordinatorState {
         ) {
             tracing::warn!("{e}");
         }
-        let seconds = match (cached, self.started.get(key)) {
-            (false, Some(&t0)) => (unix_ms().saturating_sub(t0)) as f64 / 1000.0,
-            _ => 0.0,
+        // The attempt that committed, apart from the ones before it: a retried task's first
+        // grant would otherwise count its failed attempts into its stage's time.
+        let now = unix_ms();
+        let (seconds, lost_seconds) = match granted_ms {
+            None => (0.0, 0.0),
+            Some(granted) => {
+                let first = self.started.get(key).copied().unwrap_or(granted).min(granted);
+                let seconds = now.saturating_sub(granted) as f64 / 1000.0;
+                (seconds, (granted - first) as f64 / 1000.0)
+            }
         };
         let order = self.outcomes.len();
         self.outcomes.insert(
@@ -198,6 +217,7 @@ impl CoordinatorState {
                 dir: dir.clone(),
                 cached,
                 seconds,
+                lost_seconds,
                 order,
             },
         );
@@ -303,6 +323,7 @@ impl CoordinatorState {
                         worker: worker.worker_id.clone(),
                         dir,
                         attempt,
+                        granted_ms: now,
                         progress: LeaseProgress {
                             worker: worker.worker_id.clone(),
                             stage: "starting".into(),
@@ -535,6 +556,7 @@ impl CoordinatorState {
             ));
         }
         let dir = out.dir.clone();
+        let granted_ms = out.granted_ms;
         let (status, manifest) = match self.config.store.commit_create(&dir, &manifest).await? {
             CommitOutcome::Committed => (complete_reply::Status::Committed, manifest),
             CommitOutcome::Lost(there) => (complete_reply::Status::Lost, there),
@@ -560,7 +582,7 @@ impl CoordinatorState {
             span.record("cached", false);
         }
         let task_id = manifest.task_id.clone();
-        self.record_commit(&lease.task, &task_id, dir, manifest, false);
+        self.record_commit(&lease.task, &task_id, dir, manifest, Some(granted_ms));
         self.settle().await?;
         Ok(reply(status, String::new()))
     }

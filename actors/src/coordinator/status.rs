@@ -16,8 +16,13 @@ pub struct TaskOutcome {
     pub outputs_dir: String,
     /// Found committed in the store rather than run now.
     pub cached: bool,
-    /// From its first grant to its commit, s (0 when cached).
+    /// The committing attempt's time, from its grant to the commit, s (0 when cached).
     pub seconds: f64,
+    /// The rest of the task's time from its first grant to the commit: attempts that did not
+    /// commit (failed, expired, lost to another), and the waits between them, s. Kept apart so
+    /// that time by stage is the time a stage takes, not what its retries cost.
+    #[serde(default)]
+    pub lost_seconds: f64,
     /// Order of commit in this coordinator's life (cached ones first, in plan order).
     pub order: usize,
 }
