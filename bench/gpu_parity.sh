@@ -16,12 +16,22 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 . bench/gpu_env.sh
 work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
 model=engine/tests/fixtures/tiny-qwen2
 
 if [ -x .bench/engine_lib_tests ]; then
-  LD_LIBRARY_PATH=${PSPACE_LIBTORCH_LIB:-}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
-    .bench/engine_lib_tests model::tests --nocapture 2>&1 | grep -E "checked on|test result|panicked" \
-    || { echo "the attention-kernel test failed"; exit 1; }
+  # Each CUDA test in a process of its own, and each must say "checked on Cuda": libtorch
+  # settles whether CUDA exists at its first call that asks, so a CPU test running first in the
+  # same process would leave CUDA unseen and the test passing without checking anything.
+  cuda_lib=${PSPACE_LIBTORCH_LIB:-}/../../nvidia/cu13/lib
+  for t in masked_and_causal_attention_match_the_written_out_formula \
+           flash_varlen_attention_matches_the_padded_kernel_on_cuda; do
+    LD_LIBRARY_PATH=${PSPACE_LIBTORCH_LIB:-}:$cuda_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
+      .bench/engine_lib_tests "model::tests::$t" --exact --nocapture > "$work/$t.log" 2>&1
+    rc=$?
+    grep -E "checked|test result|panicked|differs" "$work/$t.log"
+    [ $rc = 0 ] && grep -q "checked on Cuda" "$work/$t.log" || { echo "$t: failed or did not run on CUDA"; exit 1; }
+  done
 fi
 
 for dev in cpu cuda; do
