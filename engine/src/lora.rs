@@ -564,7 +564,12 @@ impl LayerAdapter for LoraLayer<'_> {
                 .collect();
             Tensor::block_diag(&blocks)
         };
-        base.addmm(&z, &b_all.tr())
+        // In place: the out-of-place form copies `base` into a new tensor before the matmul adds
+        // to it, a full pass over the group's output. `base` is a fresh projection output that no
+        // backward needs (a matmul's backward reads its inputs), so it may be overwritten.
+        let mut base = base;
+        let _ = base.addmm_(&z, &b_all.tr());
+        base
     }
 
     fn add_stacked(&self, group: &[Proj], input: &Tensor, base: Tensor) -> Tensor {
@@ -598,7 +603,11 @@ impl LayerAdapter for LoraLayer<'_> {
             .b_region
             .narrow(0, layout.b_offsets[first], copies * width * rank)
             .view([copies, width, rank]);
-        base.baddbmm(&z, &b_all.transpose(1, 2), 1.0, 1.0)
+        // In place, as in `add`: for Gate/Up the stacked output is [2, N, intermediate], the
+        // largest activation of the layer.
+        let mut base = base;
+        let _ = base.baddbmm_(&z, &b_all.transpose(1, 2));
+        base
     }
 }
 

@@ -71,7 +71,8 @@ pub trait Adapter: Send + Sync {
 pub trait LayerAdapter {
     /// `base` [N, sum of widths] is the output of the projections `group` (in that order,
     /// `widths[i]` columns each) for the rows `input` [N, in]; returns it with the adapter's
-    /// update of every projection it adapts added.
+    /// update of every projection it adapts added. `base` may be updated in place, so it must be
+    /// a fresh output that no backward reads (a matmul's or an add's, as the model passes).
     fn add(&self, group: &[Proj], widths: &[i64], input: &Tensor, base: Tensor) -> Tensor;
 
     /// The same for projections of equal width computed as a batch: `base` [k, N, width] holds
