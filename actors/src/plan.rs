@@ -69,6 +69,7 @@ impl PlanEntry {
             task: self.key.clone(),
             kind: self.task.kind,
             depends_on: self.deps.iter().map(|(k, _)| k.clone()).collect(),
+            cost: expected_cost(self.task.kind),
         }
     }
 
@@ -85,6 +86,29 @@ impl PlanEntry {
             task.inputs.insert(input.clone(), digest_of(key)?);
         }
         Some(task)
+    }
+}
+
+/// The expected cost of a task of `kind`, in seconds of one H200: the weight from which the
+/// scheduler's grant order (critical path first) is computed. It orders grants only: no task id,
+/// output or result depends on it, so a wrong weight costs wall time, never correctness.
+///
+/// Source: the task seconds of the full-size dry run on 2 x H200, 2026-11-30 (bench/results, one
+/// task per GPU), rounded to whole seconds. Extract is per kind, so one weight: an adapter's 28 s
+/// (extract/base took 44 s, but there is one of it against one per condition). Summarise was
+/// not measured there; it is the single sink of a multi-seed plan, so its weight adds the same
+/// to every priority and orders nothing: analyse's is given. Only the relative sizes matter.
+pub fn expected_cost(kind: TaskKind) -> u64 {
+    match kind {
+        TaskKind::TrainEm => 108,
+        TaskKind::TrainBenign => 292,
+        TaskKind::Extract => 28,
+        TaskKind::GenerateOnpolicy => 9,
+        TaskKind::BuildCoupling => 0,
+        TaskKind::TrainCoupling => 157,
+        TaskKind::MarkerEval => 5,
+        TaskKind::Analyse => 22,
+        TaskKind::Summarise => 22,
     }
 }
 
@@ -234,6 +258,31 @@ mod tests {
         // The seeds are part of its id: another set of seeds is another summary.
         let other = plan_run(&demo_with_seeds(&[42, 7]), &Fingerprints::placeholder());
         assert_ne!(other.last().unwrap().task.id(), summary.task.id());
+    }
+
+    #[test]
+    fn the_weights_grant_every_seeds_benign_training_before_the_conditions() {
+        use crate::scheduler::{Acquire, RetryPolicy, Scheduler, Timing};
+        let spec = demo_with_seeds(&[42, 7]);
+        let entries = plan_run(&spec, &Fingerprints::placeholder());
+        let nodes = entries.iter().map(PlanEntry::node).collect();
+        let mut s = Scheduler::new(nodes, 1, Timing::default(), RetryPolicy::default(), 0).unwrap();
+        let mut grant = || match s.acquire("gpu", &TaskKind::ALL, 0) {
+            Acquire::Granted(g) => g.lease.task.as_str().to_string(),
+            other => panic!("expected a grant, got {other:?}"),
+        };
+        let first: Vec<String> = (0..3).map(|_| grant()).collect();
+        // train_benign (292 s, then its extract and the analysis) is the longest chain of a
+        // seed; seed 42's before seed 7's (plan order), then seed 42's first condition.
+        let condition = &spec.conditions[0].id;
+        assert_eq!(
+            first,
+            [
+                "42/train_benign/benign_sft".to_string(),
+                "7/train_benign/benign_sft".to_string(),
+                format!("42/train_em/{condition}"),
+            ]
+        );
     }
 
     #[test]

@@ -10,7 +10,12 @@
 //!   after the store accepted a commit, [`Scheduler::mark_committed`] for commits found there.
 //! - A task is ready when every dependency is committed; a [`Grant`] carries the dependencies'
 //!   [`Committed`] values (directory, digest) in plan order, so a worker can run the task from
-//!   the grant alone. Ready tasks are granted in plan order, which keeps runs and tests stable.
+//!   the grant alone. Among the tasks ready for a worker, the one on the longest remaining
+//!   chain is granted first (its bottom level: its [`PlanNode::cost`] plus the largest bottom
+//!   level among its dependants, HLFET list scheduling), ties in plan order: granted in plan
+//!   order, the longest chain (train_benign, the longest single task, late in the plan) started
+//!   last and a run on several GPUs ended on one busy GPU. The order is fixed by the plan alone,
+//!   so runs and tests stay deterministic.
 //! - A lease is per acquisition, never per worker ([`LeaseId`]: epoch, task, attempt, nonce), and
 //!   every event is checked against the current lease of its task: a worker that was SIGSTOPped
 //!   past its lease wakes up holding an id that is no longer current, so it can neither extend
@@ -60,6 +65,11 @@ pub struct PlanNode {
     pub kind: TaskKind,
     /// In the order the task reads them; a [`Grant`] lists their commits in this order.
     pub depends_on: Vec<TaskRef>,
+    /// The task's expected cost, a relative weight (the plan gives `plan::expected_cost` of its
+    /// kind): it only orders grants (critical path first), never what a task computes or its id.
+    /// Absent in serialised form it is 0; a plan whose costs are all 0 is granted in plan order.
+    #[serde(default)]
+    pub cost: u64,
 }
 
 /// A committed task's outputs, as downstream task ids hash them.

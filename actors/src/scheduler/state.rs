@@ -196,8 +196,9 @@ impl Scheduler {
         Ok(())
     }
 
-    /// A lease on the first task in plan order that is ready (or whose backoff has passed) and
-    /// whose kind is in `kinds`; `worker` is recorded for status only. Otherwise `Finished` once
+    /// A lease on the task of highest priority (the longest remaining chain, ties in plan order:
+    /// see the module doc of `scheduler`) that is ready (or whose backoff has passed) and whose
+    /// kind is in `kinds`; `worker` is recorded for status only. Otherwise `Finished` once
     /// every task is committed, `Failed` once the run has failed, or `Wait` for the time until
     /// the earliest backoff of a matching task ends, at least 1 ms and at most [`MAX_WAIT_MS`].
     /// Expired leases are not reclaimed here: call [`Scheduler::expire`].
@@ -209,7 +210,9 @@ impl Scheduler {
             return Acquire::Failed(failure.clone());
         }
         let mut wait = MAX_WAIT_MS;
-        for i in 0..self.entries.len() {
+        // By index: `grant` needs `self` mutably while the order is borrowed from it.
+        for n in 0..self.graph.grant_order.len() {
+            let i = self.graph.grant_order[n];
             if !kinds.contains(&self.entries[i].kind) {
                 continue;
             }

@@ -19,11 +19,17 @@ fn t(key: &str) -> TaskRef {
     TaskRef::new(key)
 }
 
+/// A task of cost 1: in a plan of such tasks the longer chain of tasks comes first.
 fn node(task: &str, kind: TaskKind, deps: &[&str]) -> PlanNode {
+    weighted(task, kind, 1, deps)
+}
+
+fn weighted(task: &str, kind: TaskKind, cost: u64, deps: &[&str]) -> PlanNode {
     PlanNode {
         task: t(task),
         kind,
         depends_on: deps.iter().map(|d| t(d)).collect(),
+        cost,
     }
 }
 
@@ -191,7 +197,7 @@ fn plans_with_bad_keys_or_cycles_are_refused_by_name() {
 }
 
 #[test]
-fn ready_tasks_are_granted_in_plan_order_and_only_to_workers_of_their_kind() {
+fn ready_tasks_are_granted_only_to_workers_of_their_kind() {
     let mut s = scheduler(plan());
     // An extract-only worker skips train_em (first in plan) and gets the base extract.
     let g = granted(s.acquire("w-extract", &[TaskKind::Extract], 0));
@@ -222,6 +228,113 @@ fn ready_tasks_are_granted_in_plan_order_and_only_to_workers_of_their_kind() {
             retry_after_ms: MAX_WAIT_MS
         }
     );
+}
+
+/// The shape of one seed's plan with one condition, costs in seconds as `plan::expected_cost`
+/// gives them: train_benign, the longest chain, comes late in plan order.
+fn one_seed_plan() -> Vec<PlanNode> {
+    vec![
+        weighted("42/extract/base", TaskKind::Extract, 28, &[]),
+        weighted("42/train_em/E1", TaskKind::TrainEm, 108, &[]),
+        weighted("42/extract/E1", TaskKind::Extract, 28, &["42/train_em/E1"]),
+        weighted(
+            "42/train_coupling/E1",
+            TaskKind::TrainCoupling,
+            157,
+            &["42/train_em/E1"],
+        ),
+        weighted("42/train_benign/benign_sft", TaskKind::TrainBenign, 292, &[]),
+        weighted(
+            "42/extract/benign_sft",
+            TaskKind::Extract,
+            28,
+            &["42/train_benign/benign_sft"],
+        ),
+        weighted(
+            "42/analyse/all",
+            TaskKind::Analyse,
+            22,
+            &[
+                "42/extract/base",
+                "42/extract/E1",
+                "42/train_coupling/E1",
+                "42/extract/benign_sft",
+            ],
+        ),
+    ]
+}
+
+#[test]
+fn the_longest_chain_is_granted_first_even_late_in_plan_order() {
+    let mut s = scheduler(one_seed_plan());
+    // Bottom levels: train_benign 292 + 28 + 22 = 342, train_em 108 + 157 + 22 = 287,
+    // extract/base 28 + 22 = 50. In plan order the two workers would get extract/base and
+    // train_em, and train_benign would start only when one of them is done.
+    let first = granted(s.acquire("gpu0", ALL_KINDS, 0));
+    assert_eq!(first.lease.task, t("42/train_benign/benign_sft"));
+    let second = granted(s.acquire("gpu1", ALL_KINDS, 0));
+    assert_eq!(second.lease.task, t("42/train_em/E1"));
+    // train_em's commit readies train_coupling (179) and extract/E1 (50): the longer chain
+    // first, then, of the two equal 50s, the one earlier in the plan (extract/base).
+    s.committed(&second.lease, commit("E1")).unwrap();
+    let order: Vec<TaskRef> = (0..3)
+        .map(|_| granted(s.acquire("gpu1", ALL_KINDS, 1)).lease.task)
+        .collect();
+    assert_eq!(
+        order,
+        [
+            t("42/train_coupling/E1"),
+            t("42/extract/base"),
+            t("42/extract/E1")
+        ]
+    );
+    // A worker that cannot run the head of the order gets the best task it can run.
+    let mut s = scheduler(one_seed_plan());
+    let g = granted(s.acquire("extractor", &[TaskKind::Extract], 0));
+    assert_eq!(g.lease.task, t("42/extract/base"));
+}
+
+#[test]
+fn equal_priorities_keep_plan_order() {
+    // Three independent tasks of equal cost, listed against the order of their keys and kinds.
+    let mut s = scheduler(vec![
+        weighted("c", TaskKind::MarkerEval, 5, &[]),
+        weighted("a", TaskKind::TrainEm, 5, &[]),
+        weighted("b", TaskKind::Extract, 5, &[]),
+    ]);
+    let order: Vec<TaskRef> = (0..3)
+        .map(|_| granted(s.acquire("w", ALL_KINDS, 0)).lease.task)
+        .collect();
+    assert_eq!(order, [t("c"), t("a"), t("b")]);
+    // Costs all 0 (a plan without weights): plan order, however long the chains behind a task.
+    let mut s = scheduler(vec![
+        weighted("short", TaskKind::Extract, 0, &[]),
+        weighted("long", TaskKind::TrainBenign, 0, &[]),
+        weighted("after", TaskKind::Extract, 0, &["long"]),
+    ]);
+    assert_eq!(granted(s.acquire("w", ALL_KINDS, 0)).lease.task, t("short"));
+    assert_eq!(granted(s.acquire("w", ALL_KINDS, 0)).lease.task, t("long"));
+}
+
+#[test]
+fn priorities_need_no_dependency_first_plan_and_saturate() {
+    // A dependant listed before its dependency: head's level (1 + 10) is known only once tail's
+    // is, whatever the plan's order.
+    let mut s = scheduler(vec![
+        weighted("mid", TaskKind::Extract, 5, &[]),
+        weighted("tail", TaskKind::Extract, 10, &["head"]),
+        weighted("head", TaskKind::TrainEm, 1, &[]),
+    ]);
+    assert_eq!(granted(s.acquire("w", ALL_KINDS, 0)).lease.task, t("head"));
+    assert_eq!(granted(s.acquire("w", ALL_KINDS, 0)).lease.task, t("mid"));
+    // Costs whose sum overflows u64 saturate instead of panicking.
+    let mut s = scheduler(vec![
+        weighted("small", TaskKind::Extract, 1, &[]),
+        weighted("huge", TaskKind::TrainEm, u64::MAX, &[]),
+        weighted("after", TaskKind::Extract, u64::MAX, &["huge"]),
+    ]);
+    assert_eq!(granted(s.acquire("w", ALL_KINDS, 0)).lease.task, t("huge"));
+    assert_eq!(granted(s.acquire("w", ALL_KINDS, 0)).lease.task, t("small"));
 }
 
 #[test]
