@@ -71,6 +71,10 @@ pub enum Command {
     /// as the host's issue time and the time until the device finished (on a CPU the two are the
     /// same), from the third step on; PSPACE_TRAIN_PROFILE=ops also times each piece of the
     /// layers' forward. Each phase waits for the device, so profiled steps are a little slower.
+    ///
+    /// On a GPU, padding-free passes run FlashAttention-2's variable-length kernel (bf16/f16);
+    /// PSPACE_ATTENTION=padded uses the padded memory-efficient kernel instead (for comparing
+    /// the two; pspace falls back to it by itself where the kernel cannot run).
     Train(Box<crate::train::TrainArgs>),
     /// One chat prompt through a model: template text and ids, layer states of the last prompt
     /// token, optionally a greedy continuation; one JSON object on stdout.
