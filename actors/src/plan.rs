@@ -170,11 +170,18 @@ fn summary_entry(spec: &Spec) -> PlanEntry {
 /// must be a task of the plan; the error lists the names there are.
 pub fn only(entries: Vec<PlanEntry>, wanted: &[String]) -> Result<Vec<PlanEntry>, String> {
     let suffix = |e: &PlanEntry| format!("{}/{}", e.task.kind.as_str(), e.task.label);
+    // `kind/label` names the task in every seed; a key as `status` and `--dry-run` print it
+    // (`42/kind/label`), that seed's only.
+    let named = |e: &PlanEntry| wanted.iter().any(|w| *w == suffix(e) || w == e.key.as_str());
     let known: std::collections::BTreeSet<String> = entries.iter().map(suffix).collect();
-    let unknown: Vec<&String> = wanted.iter().filter(|w| !known.contains(*w)).collect();
+    let keys: std::collections::BTreeSet<&str> = entries.iter().map(|e| e.key.as_str()).collect();
+    let unknown: Vec<&String> = wanted
+        .iter()
+        .filter(|w| !known.contains(*w) && !keys.contains(w.as_str()))
+        .collect();
     if !unknown.is_empty() {
         return Err(format!(
-            "no task {} in this plan: expected kind/label, one of {}",
+            "no task {} in this plan: expected kind/label (every seed) or seed/kind/label, one of {}",
             unknown
                 .iter()
                 .map(|u| format!("{u:?}"))
@@ -187,7 +194,7 @@ pub fn only(entries: Vec<PlanEntry>, wanted: &[String]) -> Result<Vec<PlanEntry>
     let mut keep: std::collections::BTreeSet<TaskRef> = std::collections::BTreeSet::new();
     let mut stack: Vec<TaskRef> = entries
         .iter()
-        .filter(|e| wanted.contains(&suffix(e)))
+        .filter(|e| named(e))
         .map(|e| e.key.clone())
         .collect();
     while let Some(key) = stack.pop() {
@@ -317,6 +324,26 @@ mod tests {
         let err = only(all, &["extract/nobody".into()]).unwrap_err();
         assert!(
             err.contains("\"extract/nobody\"") && err.contains("analyse/all"),
+            "{err}"
+        );
+    }
+
+    /// A key as `status` prints it (`seed/kind/label`) names that seed's task only; `kind/label`
+    /// names it in every seed.
+    #[test]
+    fn only_takes_a_seed_qualified_key_for_one_seed() {
+        let spec = demo_with_seeds(&[42, 7]);
+        let all = plan_run(&spec, &Fingerprints::placeholder());
+        let keys = |wanted: &[&str]| -> Vec<String> {
+            let wanted: Vec<String> = wanted.iter().map(|w| w.to_string()).collect();
+            let part = only(all.clone(), &wanted).unwrap();
+            part.iter().map(|e| e.key.as_str().to_string()).collect()
+        };
+        assert_eq!(keys(&["7/extract/base"]), ["7/extract/base"]);
+        assert_eq!(keys(&["extract/base"]), ["42/extract/base", "7/extract/base"]);
+        let err = only(all.clone(), &["9/extract/base".into()]).unwrap_err();
+        assert!(
+            err.contains("\"9/extract/base\"") && err.contains("seed/kind/label"),
             "{err}"
         );
     }

@@ -120,10 +120,8 @@ pub fn print_plan(spec: &pspace_actors::spec::Spec, only: &[String]) -> Result<(
     }
     for entry in plan {
         println!(
-            "seed {}  {:<18} {:<24} needs [{}]",
-            entry.folder,
-            entry.task.kind.as_str(),
-            entry.task.label,
+            "{:<44} needs [{}]",
+            entry.key.as_str(),
             entry
                 .deps
                 .iter()
