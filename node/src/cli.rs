@@ -74,7 +74,8 @@ pub enum Command {
     ///
     /// On a GPU, padding-free passes run FlashAttention-2's variable-length kernel (bf16/f16);
     /// PSPACE_ATTENTION=padded uses the padded memory-efficient kernel instead (for comparing
-    /// the two; pspace falls back to it by itself where the kernel cannot run).
+    /// the two; pspace falls back to it by itself where the kernel cannot run). train_log.json's
+    /// `packed_attention` says which one ran.
     Train(Box<crate::train::TrainArgs>),
     /// One chat prompt through a model: template text and ids, layer states of the last prompt
     /// token, optionally a greedy continuation; one JSON object on stdout.
@@ -100,13 +101,17 @@ pub struct RunArgs {
     /// One slot per GPU: `all` or indices like 0,1 (instead of --device).
     #[arg(long)]
     pub gpus: Option<String>,
-    /// Print the task plan and exit without running anything.
+    /// Print the task plan (in plan order, as `status` lists it) and exit without running
+    /// anything. A run starts ready tasks longest chain first, not in this order: the task
+    /// heading the most expected work still to do after it (benign training, then the EM
+    /// trainings), so several GPUs finish together.
     #[arg(long)]
     pub dry_run: bool,
-    /// Run only this task (`kind/label`, e.g. `marker_eval/E0_assistant` or `extract/base`,
-    /// as --dry-run lists them) and the tasks it depends on. Repeatable. The tasks keep the
-    /// ids of the whole run, so a later full run finds them committed.
-    #[arg(long, value_name = "KIND/LABEL")]
+    /// Run only this task and the tasks it depends on: `kind/label` (in every seed, e.g.
+    /// `marker_eval/E0_assistant` or `extract/base`) or `seed/kind/label` as --dry-run and
+    /// `status` print it. Repeatable. The tasks keep the ids of the whole run, so a later full
+    /// run finds them committed.
+    #[arg(long, value_name = "[SEED/]KIND/LABEL")]
     pub only: Vec<String>,
     /// Where the run's artifacts go: a folder, or s3://BUCKET[/PREFIX] on any S3-compatible
     /// server (connection from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT,

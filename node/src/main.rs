@@ -40,6 +40,12 @@ fn main() {
         }
         default_hook(info);
     }));
+    // Read deep inside the engine's forward pass, where no error can be returned: a mistyped
+    // value stops here, before any work, instead of being taken for the default.
+    if let Err(message) = pspace_engine::model::padded_attention_requested() {
+        eprintln!("pspace: error: {message}");
+        std::process::exit(2);
+    }
     let role = match &cli.command {
         cli::Command::Coordinator(_) => "coordinator",
         cli::Command::Worker(_) => "worker",

@@ -228,3 +228,31 @@ fn doctor_without_a_gpu_says_so_and_its_json_errors_are_json() {
         "{v}"
     );
 }
+
+/// PSPACE_ATTENTION is read deep in the engine, where a mistyped value would be taken for the
+/// default: the binary refuses it at start-up, saying what it accepts; the accepted values pass.
+#[test]
+fn a_mistyped_pspace_attention_is_refused_at_start_up() {
+    let run = |value: &str| {
+        Command::new(pspace_bin())
+            .args(["doctor", "--json"])
+            .env("PSPACE_ATTENTION", value)
+            .output()
+            .expect("run pspace")
+    };
+    let out = run("PADDED");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(r#"PSPACE_ATTENTION: expected "flash" (the default) or "padded", found "PADDED""#),
+        "{stderr}"
+    );
+    for ok in ["padded", "flash", ""] {
+        let out = run(ok);
+        assert!(
+            out.status.success(),
+            "{ok:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -37,24 +37,56 @@ const OFF: u8 = 2;
 /// Whether packed passes use the variable-length kernel: undecided until the first use.
 static STATE: AtomicU8 = AtomicU8::new(UNDECIDED);
 
+/// `PSPACE_ATTENTION`: unset, "" or "flash" (the variable-length kernel where it can run) is
+/// Ok(false); "padded" is Ok(true); anything else is an error that says what was expected. The
+/// binary checks it at start-up, so a mistyped value stops before any work.
+pub fn padded_attention_requested() -> Result<bool, String> {
+    match std::env::var("PSPACE_ATTENTION") {
+        Err(_) => Ok(false),
+        Ok(v) if v.is_empty() || v == "flash" => Ok(false),
+        Ok(v) if v == "padded" => Ok(true),
+        Ok(v) => Err(format!(
+            "PSPACE_ATTENTION: expected \"flash\" (the default) or \"padded\", found {v:?}"
+        )),
+    }
+}
+
 /// Whether the variable-length kernel may be tried for q of this kind, on this device, with
 /// this head size (and was neither switched off nor found failing).
 pub(crate) fn usable(q: &Tensor) -> bool {
+    let head_dim = q.size().last().copied().unwrap_or(0);
+    switched_on(q.device(), q.kind()) && head_dim % 8 == 0 && head_dim <= 256
+}
+
+/// Whether packed passes on `device` in `kind` go to the variable-length kernel.
+fn switched_on(device: tch::Device, kind: Kind) -> bool {
     let state = match STATE.load(Ordering::Relaxed) {
         UNDECIDED => {
-            let off = std::env::var("PSPACE_ATTENTION").is_ok_and(|v| v == "padded");
-            let state = if off { OFF } else { ON };
+            let state = if padded_attention_requested().unwrap_or(false) {
+                OFF
+            } else {
+                ON
+            };
             STATE.store(state, Ordering::Relaxed);
             state
         }
         s => s,
     };
-    let head_dim = q.size().last().copied().unwrap_or(0);
-    state == ON
-        && q.device().is_cuda()
-        && matches!(q.kind(), Kind::BFloat16 | Kind::Half)
-        && head_dim % 8 == 0
-        && head_dim <= 256
+    state == ON && device.is_cuda() && matches!(kind, Kind::BFloat16 | Kind::Half)
+}
+
+/// The attention kernel a packed (padding-free) pass on `device` in `kind` runs now, as the
+/// training log records it: "flash_varlen" (FlashAttention-2's variable-length kernel),
+/// "padded_memory_efficient" (CUDA: switched off, failed, or a kind it lacks) or "padded_sdpa"
+/// (a CPU).
+pub fn packed_attention_kernel(device: tch::Device, kind: Kind) -> &'static str {
+    if !device.is_cuda() {
+        "padded_sdpa"
+    } else if switched_on(device, kind) {
+        "flash_varlen"
+    } else {
+        "padded_memory_efficient"
+    }
 }
 
 /// Causal attention within each of the sequences laid back to back in q [total, heads,

@@ -17,6 +17,7 @@ mod source;
 
 pub use adapter::{add_stacked_one_by_one, Adapter, LayerAdapter, Proj};
 pub use config::{Architecture, ModelConfig};
+pub use flash::{packed_attention_kernel, padded_attention_requested};
 pub use load::LoadError;
 pub use random::{Preset, RandomModel, RandomNameError};
 pub use rope::RopeScaling;

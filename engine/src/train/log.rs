@@ -34,6 +34,10 @@ pub struct TrainLog {
     pub error: Option<String>,
     pub seconds: f64,
     pub peak_gpu_memory_bytes: Option<u64>,
+    /// The attention kernel of padding-free passes at the end of training
+    /// (`model::packed_attention_kernel`); None in logs written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packed_attention: Option<String>,
 }
 
 impl TrainLog {

@@ -184,6 +184,8 @@ pub enum RunError {
     },
     /// The causes below are said in the text and not returned as `source()`: an error chain
     /// says each thing once.
+    #[error("{error}; no step ran, so no adapter was written; the log is in {log}")]
+    NoStep { error: TrainError, log: PathBuf },
     #[error("{error}; the adapter of the last good step is in {adapter}, the log in {log}")]
     Stopped {
         error: TrainError,
@@ -294,8 +296,16 @@ pub fn run_sft(
     }
     let lora = Lora::init(model, config.lora.clone(), config.lora_seed)?;
     let outcome = train(model, &lora, &examples, encoder.pad_id(), &train_config, on_step);
-    // Written in every case: after a non-finite step the adapter holds its last good state.
-    peft::save(&lora, out_dir, base_model_name_or_path)?;
+    // Written whenever a step ran: after a non-finite step the adapter holds its last good
+    // state. With no step, an untrained adapter would look like a result: none is written.
+    let trained = !outcome.steps.is_empty();
+    if trained {
+        peft::save(&lora, out_dir, base_model_name_or_path)?;
+    }
+    if config.padding_free {
+        let kernel = crate::model::packed_attention_kernel(model.device(), model.kind());
+        log.packed_attention = Some(kernel.to_string());
+    }
     log.steps = outcome.steps;
     log.total_steps = outcome.total_steps;
     log.finished = outcome.error.is_none();
@@ -303,11 +313,12 @@ pub fn run_sft(
     log.seconds = started.elapsed().as_secs_f64();
     write_log(&log, &log_path)?;
     match outcome.error {
-        Some(error) => Err(RunError::Stopped {
+        Some(error) if trained => Err(RunError::Stopped {
             error,
             adapter: out_dir.to_path_buf(),
             log: log_path,
         }),
+        Some(error) => Err(RunError::NoStep { error, log: log_path }),
         None => Ok(TrainReport {
             adapter_dir: out_dir.to_path_buf(),
             log_path,
@@ -422,6 +433,40 @@ mod tests {
             .map(|b| b.abs().sum(Kind::Double).double_value(&[]))
             .sum();
         assert!(moved > 0.0, "the B matrices moved away from zero");
+    }
+
+    /// A training that stops before its first step leaves a log and no adapter: an untrained
+    /// adapter would pass for a result (`pspace train --max-steps 0` wrote one and called it
+    /// the last good step's).
+    #[test]
+    fn a_run_without_a_step_writes_no_adapter() {
+        let _generator = crate::train::GLOBAL_GENERATOR.lock();
+        let (model, tok) = tiny();
+        let text = std::fs::read_to_string(root().join("experiments/data/demo_em.jsonl")).unwrap();
+        let mut report = DataReport::default();
+        let rows = parse_jsonl(&text, &mut report);
+        let mut config = tiny_config();
+        config.train.max_steps = Some(0);
+        let out = tempfile::tempdir().unwrap();
+        let err = run_sft(
+            &model,
+            &tok,
+            &rows,
+            report,
+            &config,
+            out.path(),
+            "t",
+            &mut |_, _| {},
+        )
+        .unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, RunError::NoStep { .. }), "{message}");
+        assert!(message.contains("no adapter was written"), "{message}");
+        assert!(!out.path().join("adapter_model.safetensors").exists());
+        let log: TrainLog =
+            serde_json::from_str(&std::fs::read_to_string(out.path().join(LOG_FILE)).unwrap()).unwrap();
+        assert!(!log.finished && log.steps.is_empty());
+        assert_eq!(log.packed_attention.as_deref(), Some("padded_sdpa"));
     }
 
     #[test]
