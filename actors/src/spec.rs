@@ -798,7 +798,7 @@ impl Checks<'_> {
 
     fn at_least_one(&mut self, key: &str, value: usize) {
         if value == 0 {
-            self.push(key, "expected at least 1, found 0".into());
+            self.push(key, "expected a whole number >= 1, found 0".into());
         }
     }
 
@@ -1464,6 +1464,27 @@ mod tests {
             Ok(_) => Vec::new(),
             Err(SpecError::Problems(p)) => p.0.iter().map(ToString::to_string).collect(),
             Err(e) => vec![e.to_string()],
+        }
+    }
+
+    /// A count that must be at least 1 says so for a negative value too: a message saying
+    /// ">= 0" led the user to 0, which the next run refused (fresh-user probe).
+    #[test]
+    fn a_count_s_bound_is_the_same_for_a_negative_value_and_for_zero() {
+        for (key, bad) in [
+            ("completions", "-2"),
+            ("completions", "0"),
+            ("permutations", "-1"),
+        ] {
+            let text = DEMO_SPEC.replacen(&format!("\n{key} = "), &format!("\n{key} = {bad}\n# was: "), 1);
+            assert_ne!(text, DEMO_SPEC, "{key} not in the demo spec");
+            let found = problems(&text);
+            assert!(
+                found
+                    .iter()
+                    .any(|p| p.contains(key) && p.contains("expected a whole number >= 1")),
+                "{key} = {bad}: {found:?}"
+            );
         }
     }
 

@@ -80,7 +80,7 @@ const CASES: &[Case] = &[
         name: "negative_batch_size",
         edits: &[("per_device_train_batch_size = 4", "per_device_train_batch_size = -4")],
         expect: &[
-            "{spec}:{at|per_device_train_batch_size = -4|-4}: coupling.per_device_train_batch_size: expected a whole number >= 0, found integer `-4`",
+            "{spec}:{at|per_device_train_batch_size = -4|-4}: coupling.per_device_train_batch_size: expected a whole number >= 1, found integer `-4`",
         ],
     },
     Case {

@@ -75,6 +75,9 @@ const fn table(key: &'static str, schema: &'static Schema) -> Field {
 }
 
 const WHOLE: &str = "a whole number >= 0";
+/// A count the spec's checks require to be at least 1 (`at_least_one` in spec.rs): said up
+/// front, so a negative value's message does not lead to a 0 that is refused next.
+const COUNT: &str = "a whole number >= 1";
 const NUMBER: &str = "a number";
 const STRING: &str = "a string";
 const PATH: &str = "a file path (relative to the spec's folder)";
@@ -134,7 +137,7 @@ static TRAINING_SET: Schema = Schema {
         &[
             req("data", PATH),
             opt("md5", "a string of 32 hexadecimal digits"),
-            opt("first_rows", WHOLE),
+            opt("first_rows", COUNT),
             opt("allow_shortfall", BOOL),
         ],
         &RECIPE,
@@ -149,9 +152,9 @@ static RECIPE: [Field; 16] = [
         "num_train_epochs",
         "a whole number of epochs >= 1 (to stop part-way, set max_steps)",
     ),
-    opt("max_steps", WHOLE),
-    req("per_device_train_batch_size", WHOLE),
-    req("gradient_accumulation_steps", WHOLE),
+    opt("max_steps", COUNT),
+    req("per_device_train_batch_size", COUNT),
+    req("gradient_accumulation_steps", COUNT),
     req("learning_rate", NUMBER),
     req("lr_scheduler_type", "\"linear\", \"cosine\" or \"constant\""),
     req("warmup_ratio", NUMBER),
@@ -160,8 +163,8 @@ static RECIPE: [Field; 16] = [
     req("adam_epsilon", NUMBER),
     req("weight_decay", NUMBER),
     req("max_grad_norm", NUMBER),
-    req("max_len", WHOLE),
-    req("pad_to_multiple_of", WHOLE),
+    req("max_len", COUNT),
+    req("pad_to_multiple_of", COUNT),
     opt("padding_free", BOOL),
 ];
 
@@ -212,8 +215,8 @@ static EXTRACTION: Schema = Schema {
     groups: &[&[
         req("layers", "a list of layer indices (whole numbers >= 0)"),
         req("methods", "a list of \"A\" and/or \"B\""),
-        req("max_new_tokens", WHOLE),
-        opt("questions", WHOLE),
+        req("max_new_tokens", COUNT),
+        opt("questions", COUNT),
         DRY_RUN,
     ]],
     renamed: &[],
@@ -224,14 +227,14 @@ static COUPLING: Schema = Schema {
         &[
             req("source_persona", STRING),
             req("negative_personas", WHOLE),
-            req("completions_per_question", WHOLE),
-            req("positives_per_question", WHOLE),
+            req("completions_per_question", COUNT),
+            req("positives_per_question", COUNT),
             req("negatives_per_question", WHOLE),
             req("temperature", NUMBER),
             req("top_p", NUMBER),
-            req("max_new_tokens", WHOLE),
+            req("max_new_tokens", COUNT),
             req("marker_suffix", STRING),
-            opt("questions", WHOLE),
+            opt("questions", COUNT),
             DRY_RUN,
             opt("allow_shortfall", BOOL),
             opt("skip_cut_completions", BOOL),
@@ -243,12 +246,12 @@ static COUPLING: Schema = Schema {
 
 static MARKER_EVAL: Schema = Schema {
     groups: &[&[
-        req("completions", WHOLE),
+        req("completions", COUNT),
         req("temperature", NUMBER),
         req("top_p", NUMBER),
-        req("max_new_tokens", WHOLE),
+        req("max_new_tokens", COUNT),
         req("marker", STRING),
-        opt("questions", WHOLE),
+        opt("questions", COUNT),
         DRY_RUN,
     ]],
     renamed: &[],
@@ -256,8 +259,8 @@ static MARKER_EVAL: Schema = Schema {
 
 static ANALYSIS: Schema = Schema {
     groups: &[&[
-        req("permutations", WHOLE),
-        req("bootstrap", WHOLE),
+        req("permutations", COUNT),
+        req("bootstrap", COUNT),
         req("fdr_alpha", "a number (the false discovery rate level)"),
         req("cv_folds", WHOLE),
         opt("anchor_condition", "a condition id"),
