@@ -20,6 +20,17 @@ pub fn tiny_spec_with_seeds(dir: &Path, seeds: &[u64]) -> PathBuf {
     spec_with_seeds(&tiny_spec(), dir, seeds)
 }
 
+/// Replaces the written tiny spec's `device = "cpu"` line with `lines` (one or more lines, e.g.
+/// `device = "gpu"`, or `device = "cpu"\ndtype = "auto"`) and returns the new text.
+pub fn rewrite_device_line(spec: &Path, lines: &str) -> String {
+    let text = std::fs::read_to_string(spec).expect("read the written spec");
+    let line = "\ndevice = \"cpu\"\n";
+    assert!(text.contains(line), "the tiny spec's device line moved");
+    let text = text.replace(line, &format!("\n{lines}\n"));
+    std::fs::write(spec, &text).expect("write the spec");
+    text
+}
+
 /// tests/data/tiny_long_eval.toml (the tiny spec whose two marker_eval tasks take seconds) with
 /// `seeds`, written to `dir/tiny.toml`: for tests that must stop a worker inside a task, where
 /// the tiny spec's sub-second tasks often end first.

@@ -118,16 +118,7 @@ fn a_dry_run_of_a_gpu_spec_without_cuda_says_cuda_is_missing() {
     }
     let dir = tempfile::tempdir().unwrap();
     let spec = pspace_tests::cluster::tiny_spec_with_seeds(dir.path(), &[42]);
-    let text = std::fs::read_to_string(&spec).unwrap();
-    assert!(
-        text.contains("\ndevice = \"cpu\"\n"),
-        "the tiny spec's device line moved"
-    );
-    std::fs::write(
-        &spec,
-        text.replace("\ndevice = \"cpu\"\n", "\ndevice = \"gpu\"\n"),
-    )
-    .unwrap();
+    pspace_tests::cluster::rewrite_device_line(&spec, "device = \"gpu\"");
     let out = Command::new(pspace_bin())
         .args(["run", "--dry-run"])
         .arg(&spec)

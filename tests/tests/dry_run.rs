@@ -118,13 +118,7 @@ fn an_old_spec_names_every_renamed_key_one_line_each() {
 fn an_unknown_device_is_reported_at_its_line_in_the_spec() {
     let dir = tempfile::tempdir().unwrap();
     let spec = pspace_tests::cluster::tiny_spec_with_seeds(dir.path(), &[42]);
-    let text = std::fs::read_to_string(&spec).unwrap();
-    assert!(
-        text.contains("\ndevice = \"cpu\"\n"),
-        "the tiny spec's device line moved"
-    );
-    let text = text.replace("\ndevice = \"cpu\"\n", "\ndevice = \"GPU\"\n");
-    std::fs::write(&spec, &text).unwrap();
+    let text = pspace_tests::cluster::rewrite_device_line(&spec, "device = \"GPU\"");
     let line = text.lines().position(|l| l == "device = \"GPU\"").unwrap() + 1;
     let out = Command::new(pspace_bin())
         .args(["run", "--dry-run"])
@@ -159,16 +153,7 @@ fn a_sound_spec_prints_its_plan() {
 fn dtype_auto_is_measured_once_per_store_and_kept() {
     let dir = tempfile::tempdir().unwrap();
     let spec = pspace_tests::cluster::tiny_spec_with_seeds(dir.path(), &[42]);
-    let text = std::fs::read_to_string(&spec).unwrap();
-    assert!(
-        text.contains("\ndevice = \"cpu\"\n"),
-        "the tiny spec's device line moved"
-    );
-    std::fs::write(
-        &spec,
-        text.replace("\ndevice = \"cpu\"\n", "\ndevice = \"cpu\"\ndtype = \"auto\"\n"),
-    )
-    .unwrap();
+    pspace_tests::cluster::rewrite_device_line(&spec, "device = \"cpu\"\ndtype = \"auto\"");
     let store = dir.path().join("store");
     let start = |args: &[&str]| {
         let out = Command::new(pspace_bin())

@@ -153,10 +153,8 @@ fn workers_compute_in_the_type_the_coordinator_settled() {
         let folder = dir.path().join(sub);
         std::fs::create_dir_all(&folder).unwrap();
         let spec = tiny_spec_with_seeds(&folder, &[42]);
-        let text = std::fs::read_to_string(&spec).unwrap();
-        let line = "\ndevice = \"cpu\"\n";
-        assert!(text.contains(line), "the tiny spec's device line moved");
-        std::fs::write(&spec, text.replace(line, &format!("{line}dtype = \"{value}\"\n"))).unwrap();
+        let lines = format!("device = \"cpu\"\ndtype = \"{value}\"");
+        pspace_tests::cluster::rewrite_device_line(&spec, &lines);
         spec
     };
     let auto = with_dtype("auto", "auto");

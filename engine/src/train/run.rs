@@ -435,30 +435,37 @@ mod tests {
         assert!(moved > 0.0, "the B matrices moved away from zero");
     }
 
-    /// A training that stops before its first step leaves a log and no adapter: an untrained
-    /// adapter would pass for a result (`pspace train --max-steps 0` wrote one and called it
-    /// the last good step's).
-    #[test]
-    fn a_run_without_a_step_writes_no_adapter() {
+    /// `run_sft` of `config` on the tiny model over every row of the demo EM set, into a fresh
+    /// folder (returned with the result, so the test can read what was written).
+    fn run_on_demo_em(config: &SftConfig) -> (Result<TrainReport, RunError>, tempfile::TempDir) {
         let _generator = crate::train::GLOBAL_GENERATOR.lock();
         let (model, tok) = tiny();
         let text = std::fs::read_to_string(root().join("experiments/data/demo_em.jsonl")).unwrap();
         let mut report = DataReport::default();
         let rows = parse_jsonl(&text, &mut report);
-        let mut config = tiny_config();
-        config.train.max_steps = Some(0);
         let out = tempfile::tempdir().unwrap();
-        let err = run_sft(
+        let result = run_sft(
             &model,
             &tok,
             &rows,
             report,
-            &config,
+            config,
             out.path(),
             "t",
             &mut |_, _| {},
-        )
-        .unwrap_err();
+        );
+        (result, out)
+    }
+
+    /// A training that stops before its first step leaves a log and no adapter: an untrained
+    /// adapter would pass for a result (`pspace train --max-steps 0` wrote one and called it
+    /// the last good step's).
+    #[test]
+    fn a_run_without_a_step_writes_no_adapter() {
+        let mut config = tiny_config();
+        config.train.max_steps = Some(0);
+        let (result, out) = run_on_demo_em(&config);
+        let err = result.unwrap_err();
         let message = err.to_string();
         assert!(matches!(err, RunError::NoStep { .. }), "{message}");
         assert!(message.contains("no adapter was written"), "{message}");
@@ -471,29 +478,14 @@ mod tests {
 
     #[test]
     fn a_diverging_run_stops_and_keeps_a_finite_adapter() {
-        let _generator = crate::train::GLOBAL_GENERATOR.lock();
-        let (model, tok) = tiny();
-        let text = std::fs::read_to_string(root().join("experiments/data/demo_em.jsonl")).unwrap();
-        let mut report = DataReport::default();
-        let rows = parse_jsonl(&text, &mut report);
         let mut config = tiny_config();
         // An absurd learning rate overflows the adapter within a few steps.
         config.train.learning_rate = 1e38;
         config.train.warmup_ratio = 0.0;
         config.train.max_grad_norm = None;
         config.train.max_steps = Some(8);
-        let out = tempfile::tempdir().unwrap();
-        let err = run_sft(
-            &model,
-            &tok,
-            &rows,
-            report,
-            &config,
-            out.path(),
-            "t",
-            &mut |_, _| {},
-        )
-        .unwrap_err();
+        let (result, out) = run_on_demo_em(&config);
+        let err = result.unwrap_err();
         let message = err.to_string();
         assert!(matches!(err, RunError::Stopped { .. }), "{message}");
         assert!(
@@ -505,6 +497,7 @@ mod tests {
         assert!(!log.finished);
         assert!(log.error.is_some_and(|e| e.contains("not finite")));
         assert!(log.steps.iter().all(|s| s.loss.is_finite()));
+        let (model, _) = tiny();
         let (lora, _) = peft::load(out.path(), &model).unwrap();
         for p in lora.parameters() {
             assert!(
