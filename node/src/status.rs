@@ -49,29 +49,38 @@ async fn from_store(args: &StatusArgs) -> Result<()> {
         .store
         .clone()
         .unwrap_or_else(|| spec.experiment.store.clone());
-    // A mistyped folder would otherwise be created and reported as a run with nothing done.
-    if let pspace_actors::store::Location::Local(root) = pspace_actors::store::Location::parse(&location)? {
-        if !root.is_dir() {
-            bail!(
-                "no store at {}: expected the folder a run wrote (the spec's `store`, or --store)",
-                root.display()
-            );
-        }
-    }
-    let store = Store::open(&location)?;
+    // A local folder that does not exist is a store no run wrote to yet, as an empty one is:
+    // the plan is listed under `nothing committed yet`, and the folder is not created (status
+    // writes nothing). A file in its place is no store at all.
+    let absent = match pspace_actors::store::Location::parse(&location)? {
+        pspace_actors::store::Location::Local(root) if root.exists() && !root.is_dir() => bail!(
+            "{} is a file, not a store folder: expected the folder a run writes to (the spec's \
+             `store`, or --store)",
+            root.display()
+        ),
+        pspace_actors::store::Location::Local(root) => (!root.exists()).then_some(root),
+        pspace_actors::store::Location::S3 { .. } => None,
+    };
+    let store = match &absent {
+        Some(_) => None,
+        None => Some(Store::open(&location)?),
+    };
     // Asked before anything is measured: a folder that is not this spec's store must not read
     // as a run with nothing done (every task `ready` or `waiting`, exit 0).
-    let fresh = match holding(&store, &spec.experiment.name).await? {
-        Holding::Run => false,
-        Holding::Nothing => true,
-        Holding::Other(found) => bail!(
-            "{location} holds no store of experiment {:?}: a run of this spec writes under \
-             {location}/{}/, which is not there; found {}. Pass the store this spec ran into \
-             (--store, or the spec's `store`), or the spec that ran into this one",
-            spec.experiment.name,
-            spec.experiment.name,
-            found.join(", ")
-        ),
+    let fresh = match &store {
+        None => true,
+        Some(store) => match holding(store, &spec.experiment.name).await? {
+            Holding::Run => false,
+            Holding::Nothing => true,
+            Holding::Other(found) => bail!(
+                "{location} holds no store of experiment {:?}: a run of this spec writes under \
+                 {location}/{}/, which is not there; found {}. Pass the store this spec ran into \
+                 (--store, or the spec's `store`), or the spec that ran into this one",
+                spec.experiment.name,
+                spec.experiment.name,
+                found.join(", ")
+            ),
+        },
     };
     // As the run settled it (the ids of the tasks that run the model name it); unsettled, as a
     // run here would settle it, without keeping the choice.
@@ -82,7 +91,10 @@ async fn from_store(args: &StatusArgs) -> Result<()> {
         &session::scratch_for(&location)?,
         session::Settling::Peek,
     )?;
-    let events = Journal::read(&store, &spec.experiment.name).await?;
+    let events = match &store {
+        Some(store) => Journal::read(store, &spec.experiment.name).await?,
+        None => Vec::new(),
+    };
     // Every run's events: the highest attempt a task reached and every failure it had, by
     // task id (a key's earlier tasks, before the spec or an input changed, are other tasks).
     let history = Histories::from_events(&events);
@@ -95,12 +107,17 @@ async fn from_store(args: &StatusArgs) -> Result<()> {
         // is `ready` in both forms); leases and backoffs only a coordinator knows.
         let task = entry.resolve(|d| digests.get(d.as_str()).cloned());
         let id = task.as_ref().map(|t| t.id());
+        let committed = match (&task, &store) {
+            (Some(task), Some(store)) => {
+                store
+                    .committed_manifest(&entry.dir(&spec.experiment.name, task))
+                    .await?
+            }
+            _ => None,
+        };
         let state = match &task {
             None => TaskPhase::Waiting,
-            Some(task) => match store
-                .committed_manifest(&entry.dir(&spec.experiment.name, task))
-                .await?
-            {
+            Some(_) => match committed {
                 Some(m) => {
                     digests.insert(key.clone(), manifest_digest(&m));
                     TaskPhase::Committed
@@ -122,7 +139,13 @@ async fn from_store(args: &StatusArgs) -> Result<()> {
         "experiment {}  store {location}  (from the store; no coordinator asked)",
         spec.experiment.name
     );
-    if fresh {
+    if let Some(root) = &absent {
+        println!(
+            "nothing committed yet: the store folder {} does not exist yet (a run of this spec creates it and writes under {location}/{}/)",
+            root.display(),
+            spec.experiment.name
+        );
+    } else if fresh {
         println!(
             "nothing committed yet: {location} holds no run of experiment {:?} (a run of this spec writes under {location}/{}/)",
             spec.experiment.name, spec.experiment.name

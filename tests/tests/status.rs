@@ -283,3 +283,40 @@ fn attempts_and_failures_belong_to_the_task_id_not_the_key() {
     );
     assert!(after["id"].as_str().is_some_and(|id| !id.is_empty()), "{after}");
 }
+
+/// A store folder that does not exist yet was an error ("no store at ..."), while an empty
+/// folder listed the plan under `nothing committed yet` (fresh-user probe). Both are a store no
+/// run wrote to yet: the plan is listed, the line says the folder does not exist yet, and
+/// status does not create it. A file in the folder's place is still an error.
+#[test]
+fn status_of_a_store_folder_that_does_not_exist_yet_lists_the_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = tiny_spec_with_seeds(dir.path(), &[42]);
+    let missing = dir.path().join("not-yet");
+    let (code, stdout, stderr) = status(&spec, &missing, &[]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "nothing committed yet: the store folder {} does not exist yet",
+            missing.display()
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.lines().any(|l| l.split_whitespace().take(2).eq(["42/extract/base", "ready"])),
+        "{stdout}"
+    );
+    assert!(stdout.contains("tasks: 0 of "), "{stdout}");
+    assert!(!missing.exists(), "status created the store folder");
+    let (code, stdout, stderr) = status(&spec, &missing, &["--json"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    assert!(rows.iter().all(|r| r["state"] != "committed"), "{stdout}");
+    assert!(!missing.exists(), "status --json created the store folder");
+
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let (code, _, stderr) = status(&spec, &file, &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("is a file, not a store folder"), "{stderr}");
+}
