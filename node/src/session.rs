@@ -206,13 +206,20 @@ fn keep_first_dtype_record(
 /// Every check that needs no compute, all at once (model config, data files, sets, ranges):
 /// one line per problem and an error, or a line of what was learned.
 pub fn preflight(spec: &Spec) -> Result<()> {
+    let facts = check(spec)?;
+    eprintln!("{facts}");
+    Ok(())
+}
+
+/// [`preflight`]'s checks without the line of what was learned: `pspace status` refuses the
+/// specs `pspace run` refuses, with the same messages (a missing data file named with the key
+/// and line that name it), and otherwise prints only the tasks.
+pub fn check(spec: &Spec) -> Result<pspace_actors::spec::Preflight> {
     let demo = crate::paths::project_root()
         .unwrap_or_else(|| ".".into())
         .join(".cache/models")
         .join(crate::paths::DEMO_MODEL_FILE);
-    let facts = pspace_actors::spec::preflight(spec, &demo)?;
-    eprintln!("{facts}");
-    Ok(())
+    Ok(pspace_actors::spec::preflight(spec, &demo)?)
 }
 
 /// The spec's model: `demo` is the bundled GGUF, `random:<preset>[@seed]` random weights, a

@@ -45,6 +45,11 @@ pub fn run(args: StatusArgs) -> Result<()> {
 /// claimed).
 async fn from_store(args: &StatusArgs) -> Result<()> {
     let mut spec = load_spec(args.spec.as_deref())?.spec;
+    // The spec as `pspace run` checks it, before the store is read: a spec a run refuses is an
+    // error here too (it was listed as if it could run), and a missing data file is named with
+    // the key that names it rather than found later, pathless, by the hashing. The device is
+    // not activated: a spec for a GPU can be looked at from a machine without one.
+    session::check(&spec)?;
     let location = args
         .store
         .clone()

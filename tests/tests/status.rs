@@ -320,3 +320,62 @@ fn status_of_a_store_folder_that_does_not_exist_yet_lists_the_plan() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("is a file, not a store folder"), "{stderr}");
 }
+
+/// The tiny spec in `dir` with `from` replaced by `to` (once), for a spec a run refuses.
+fn tiny_spec_with(dir: &Path, from: &str, to: &str) -> PathBuf {
+    let spec = tiny_spec_with_seeds(dir, &[42]);
+    let text = std::fs::read_to_string(&spec).unwrap();
+    assert!(text.contains(from), "the tiny spec has no {from:?}");
+    std::fs::write(&spec, text.replacen(from, to, 1)).unwrap();
+    spec
+}
+
+/// The `pspace: error:` part of a failed command's stderr (from that line to the end).
+fn error_part(stderr: &str) -> &str {
+    &stderr[stderr.find("pspace: error:").unwrap_or_else(|| panic!("no error in:\n{stderr}"))..]
+}
+
+/// A spec whose data file is missing: status failed on it without naming the file's key or
+/// the spec's line (fresh-user probe); now it says what `run` says, the missing path and the
+/// key that names it at its line in the spec.
+#[test]
+fn status_of_a_spec_whose_data_file_is_missing_names_the_path_and_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = tiny_spec_with(dir.path(), "demo_em.jsonl\"", "no_such_em.jsonl\"");
+    let store = dir.path().join("store");
+    let (code, stdout, stderr) = status(&spec, &store, &[]);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("no_such_em.jsonl: cannot read"))
+        .unwrap_or_else(|| panic!("no line names the missing file:\n{stderr}"));
+    assert!(
+        line.contains(&format!("(named by training.em.data at {}:", spec.display())),
+        "{line}"
+    );
+    assert_eq!(stdout, "", "no table for a spec a run refuses");
+}
+
+/// A spec `run` refuses (cv_folds = 1) was listed by status as if it could run (fresh-user
+/// probe): status checks the spec as a run does and ends with the same error and exit code.
+#[test]
+fn status_refuses_a_spec_that_run_refuses_with_the_same_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = tiny_spec_with(dir.path(), "cv_folds = 3\n", "cv_folds = 1\n");
+    let store = dir.path().join("store");
+    let (code, stdout, stderr) = status(&spec, &store, &[]);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("analysis.cv_folds: expected at least 2 folds, found 1"),
+        "{stderr}"
+    );
+    let run = Command::new(pspace_bin())
+        .args(["run", "--dry-run", "--store"])
+        .arg(&store)
+        .arg(&spec)
+        .output()
+        .expect("run pspace");
+    let run_err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), code, "{run_err}");
+    assert_eq!(error_part(&stderr), error_part(&run_err));
+}
