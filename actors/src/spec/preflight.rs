@@ -6,8 +6,8 @@
 //! Reading the model's config and the GGUF header loads no weights; a `random:` model's config
 //! is its preset's.
 //!
-//! `pspace run` (with or without `--dry-run`) and `pspace coordinator` call [`preflight`] and
-//! stop on its [`Problems`], one line each.
+//! `pspace run` (with or without `--dry-run`), `pspace coordinator` and `pspace status` call
+//! [`preflight`] and stop on its [`Problems`], one line each.
 
 use super::{Problem, Problems, Spec, TrainingSet};
 use crate::data::{load_question_list, DataError, Personas, Questions};
