@@ -173,7 +173,7 @@ pub struct StatusArgs {
     /// Without --coordinator: the store to read (default: the spec's).
     #[arg(long)]
     pub store: Option<String>,
-    /// Print JSON instead of a table.
+    /// Print JSON instead of a table; on failure, `{"error": "..."}` (and exit 1).
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]

@@ -13,7 +13,20 @@ use pspace_actors::transport::Transport;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// With --json a failure is JSON too, `{"error": "..."}` on stdout (as `doctor --json` does: a
+/// script reading the rows gets an object it can parse either way), besides the usual line on
+/// stderr and exit 1.
 pub fn run(args: StatusArgs) -> Result<()> {
+    let json = args.json;
+    let outcome = report(args);
+    if let (true, Err(e)) = (json, &outcome) {
+        let error = serde_json::json!({ "error": format!("{e:#}") });
+        println!("{}", serde_json::to_string_pretty(&error)?);
+    }
+    outcome
+}
+
+fn report(args: StatusArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

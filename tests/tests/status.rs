@@ -191,9 +191,19 @@ fn status_of_a_folder_that_is_not_this_spec_s_store_says_so() {
         "{stderr}"
     );
     assert_eq!(stdout, "", "no table for a store of another spec");
-    // --json too: the error, no rows.
+    // --json too: the error as JSON on stdout, no rows (stdout was empty, which a script
+    // reading it could not parse).
     let (code, stdout, _) = status(&other, &store, &["--json"]);
-    assert_eq!((code, stdout.as_str()), (Some(1), ""));
+    assert_eq!(code, Some(1), "{stdout}");
+    let error: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("status --json failed without JSON ({e}):\n{stdout}"));
+    assert!(
+        error["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("holds no store of experiment \"other\"")),
+        "{error}"
+    );
+    assert_eq!(error.as_object().map(|o| o.len()), Some(1), "{error}");
 
     let unrelated = dir.path().join("unrelated");
     std::fs::create_dir_all(unrelated.join("src")).unwrap();
