@@ -3,8 +3,9 @@
 //! training log land in the task's folder.
 //!
 //! The rows trained are the rows the spec asks for: a malformed line anywhere in a data file,
-//! or a row the trainer cannot use (no final assistant turn, an empty turn, a template error),
-//! stops the task unless the spec section sets `allow_shortfall`.
+//! or a row the trainer cannot use (no final assistant turn, an empty turn, a template error,
+//! nothing left to learn within `max_len`), stops the task unless the spec section sets
+//! `allow_shortfall`; where `max_len` is the cause, the error says how far to raise it.
 
 use crate::coupling::CouplingRow;
 use crate::executor::{Progress, StageError};
@@ -12,6 +13,7 @@ use crate::spec::{Coupling, Recipe, TrainingSet};
 use pspace_engine::model::{Model, Proj};
 use pspace_engine::tokenizer::ChatTokenizer;
 use pspace_engine::train::run::RunError;
+use pspace_engine::train::data::build_examples;
 use pspace_engine::train::{run_sft, DataReport, LabelMode, Message, Row, SftConfig};
 use std::path::Path;
 
@@ -230,10 +232,168 @@ fn run(
     match run_sft(model, tok, rows, report, config, out, "pspace", &mut on_step) {
         Ok(_) => Ok(()),
         // The data decides these: a retry would end the same way.
-        Err(e @ RunError::Shortfall { .. }) => Err(StageError::Data(format!(
-            "{key}: {e}; to train on the rows that remain, set allow_shortfall = true in [{key}]"
+        Err(RunError::Shortfall {
+            rows: read,
+            dropped,
+            examples,
+            reasons,
+            log,
+        }) => Err(StageError::Data(shortfall_message(
+            key,
+            &Shortfall {
+                rows: read,
+                dropped,
+                examples,
+                reasons,
+                log,
+                cut: cut_to_nothing(tok, rows, config),
+                max_len: config.max_len,
+            },
         ))),
-        Err(e @ RunError::NoExamples { .. }) => Err(StageError::Data(format!("{key}: {e}"))),
+        Err(e @ RunError::NoExamples { .. }) => {
+            let cut = cut_to_nothing(tok, rows, config);
+            Err(StageError::Data(match raise_max_len(key, config.max_len, &cut) {
+                Some(advice) => format!("{key}: {e}; {advice}"),
+                None => format!("{key}: {e}"),
+            }))
+        }
         Err(e) => Err(StageError::Train(format!("{key}: {e}"))),
+    }
+}
+
+/// The rows `max_len` cut to nothing (their trained tokens all lie past it), with each one's
+/// whole length in tokens: tokenised again, without a limit, only when a training stopped.
+fn cut_to_nothing(tok: &ChatTokenizer, rows: &[Row], config: &SftConfig) -> Vec<(usize, usize)> {
+    let examples = |rows: &[Row], max_len: usize, report: &mut DataReport| {
+        build_examples(
+            rows,
+            tok,
+            &config.label_mode,
+            config.system.as_deref(),
+            max_len,
+            report,
+        )
+    };
+    let mut report = DataReport::default();
+    examples(rows, config.max_len, &mut report);
+    let cut: Vec<Row> = rows
+        .iter()
+        .filter(|r| report.no_labels_left.contains(&r.line))
+        .cloned()
+        .collect();
+    examples(&cut, usize::MAX, &mut DataReport::default())
+        .iter()
+        .map(|e| (e.line, e.ids.len()))
+        .collect()
+}
+
+/// A training set some of whose rows cannot be trained on, as `run_sft` found it.
+struct Shortfall {
+    rows: usize,
+    dropped: usize,
+    examples: usize,
+    /// The dropped rows by reason, with their lines ([`DataReport::dropped_summary`]).
+    reasons: String,
+    log: std::path::PathBuf,
+    /// (line, whole length in tokens) of the rows `max_len` cut to nothing.
+    cut: Vec<(usize, usize)>,
+    max_len: usize,
+}
+
+/// What to change when `max_len` cut rows to nothing: raise it to the longest such row.
+fn raise_max_len(key: &str, max_len: usize, cut: &[(usize, usize)]) -> Option<String> {
+    let longest = cut.iter().map(|&(_, n)| n).max()?;
+    let (rows, them) = if cut.len() == 1 {
+        ("row", "it")
+    } else {
+        ("rows", "them")
+    };
+    Some(format!(
+        "max_len = {max_len} cut {} {rows} to nothing (the longest is {longest} tokens): to train \
+         on {them}, raise max_len in [{key}] to at least {longest}",
+        cut.len()
+    ))
+}
+
+/// The error of a training stopped by a shortfall, saying what would let it run: a higher
+/// `max_len` for rows it cut to nothing (allow_shortfall would only drop them), and
+/// `allow_shortfall` for rows that cannot be used at any length.
+fn shortfall_message(key: &str, s: &Shortfall) -> String {
+    let what = format!(
+        "{key}: {} of {} rows cannot be trained on ({})",
+        s.dropped, s.rows, s.reasons
+    );
+    let others = s.dropped.saturating_sub(s.cut.len());
+    let allow = format!(
+        "to train on the {} that remain, set allow_shortfall = true in [{key}]",
+        s.examples
+    );
+    let advice = match (raise_max_len(key, s.max_len, &s.cut), others) {
+        (Some(raise), 0) => raise,
+        (Some(raise), _) => format!(
+            "{raise}; the other {others} cannot be used at any length: {allow}"
+        ),
+        (None, _) => allow,
+    };
+    format!("{what}: {advice}; the data report is in {}", s.log.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shortfall(dropped: usize, reasons: &str, cut: Vec<(usize, usize)>) -> Shortfall {
+        Shortfall {
+            rows: 9,
+            dropped,
+            examples: 9 - dropped,
+            reasons: reasons.to_string(),
+            log: "/s/train_log.json".into(),
+            cut,
+            max_len: 256,
+        }
+    }
+
+    /// Rows cut to nothing by max_len were met with "set allow_shortfall = true", which only
+    /// drops them (fresh-user probe): the error says to raise max_len, and to what; it names
+    /// allow_shortfall only for rows that no length would save.
+    #[test]
+    fn a_shortfall_says_to_raise_max_len_where_max_len_is_the_cause() {
+        let cut = shortfall(
+            2,
+            "nothing left to learn after truncation: lines 1, 3",
+            vec![(1, 540), (3, 610)],
+        );
+        assert_eq!(
+            shortfall_message("coupling", &cut),
+            "coupling: 2 of 9 rows cannot be trained on (nothing left to learn after truncation: \
+             lines 1, 3): max_len = 256 cut 2 rows to nothing (the longest is 610 tokens): to \
+             train on them, raise max_len in [coupling] to at least 610; the data report is in \
+             /s/train_log.json"
+        );
+        let both = shortfall(
+            3,
+            "empty assistant turn: line 2; nothing left to learn after truncation: line 5",
+            vec![(5, 300)],
+        );
+        let message = shortfall_message("training.em", &both);
+        assert!(
+            message.contains(
+                "max_len = 256 cut 1 row to nothing (the longest is 300 tokens): to train on it, \
+                 raise max_len in [training.em] to at least 300; the other 2 cannot be used at any \
+                 length: to train on the 6 that remain, set allow_shortfall = true in [training.em]"
+            ),
+            "{message}"
+        );
+        let other = shortfall(1, "empty assistant turn: line 2", vec![]);
+        let message = shortfall_message("training.em", &other);
+        assert!(
+            message.ends_with(
+                "(empty assistant turn: line 2): to train on the 8 that remain, set \
+                 allow_shortfall = true in [training.em]; the data report is in /s/train_log.json"
+            ),
+            "{message}"
+        );
+        assert!(!message.contains("max_len"), "{message}");
     }
 }

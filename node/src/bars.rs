@@ -118,14 +118,35 @@ pub async fn follow(client: &mut CoordinatorClient, bars: &mut Bars) -> anyhow::
     }
 }
 
-/// The summary line, where each seed's report and result are, and the cross-seed summary.
-pub fn summary(status: &RunStatus) -> anyhow::Result<()> {
+/// `n` and `word`, in the plural unless `n` is 1: `1 task`, `2 tasks`.
+pub fn count(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("{n} {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+/// The first line of the summary: `done: ...`, or for a run that failed what was committed
+/// and which task stopped it (its error is the command's error, said once, after this).
+pub fn summary_line(status: &RunStatus) -> String {
     let (ran, cached) = status.ran_and_cached();
-    eprintln!(
-        "done: {} tasks ({ran} ran, {cached} already committed) in {}",
-        ran + cached,
-        status.store
-    );
+    let how = format!("({ran} ran, {cached} already committed) in {}", status.store);
+    match &status.snapshot.failure {
+        None => format!("done: {} {how}", count(ran + cached, "task")),
+        Some(f) => format!(
+            "failed: {} of {} committed {how}; task {} stopped the run",
+            ran + cached,
+            count(status.snapshot.tasks.len(), "task"),
+            f.task
+        ),
+    }
+}
+
+/// The summary line, where each seed's report and result are, and the cross-seed summary;
+/// for a failed run the summary line, then the failure as the error.
+pub fn summary(status: &RunStatus) -> anyhow::Result<()> {
+    eprintln!("{}", summary_line(status));
     if let Some(line) = stage_times(&status.outcomes) {
         eprintln!("{line}");
     }
@@ -186,9 +207,9 @@ pub fn stage_times(outcomes: &BTreeMap<String, TaskOutcome>) -> Option<String> {
         .collect();
     let whole = total.round() as u64;
     let mut line = format!(
-        "time by stage: {}; {} tasks {:.1} s ({} min {} s)",
+        "time by stage: {}; {} {:.1} s ({} min {} s)",
         parts.join(", "),
-        ran.len(),
+        count(ran.len(), "task"),
         total,
         whole / 60,
         whole % 60
@@ -223,6 +244,20 @@ mod tests {
             lost_seconds: 0.0,
             order,
         }
+    }
+
+    /// A run of one task said "1 tasks" (fresh-user probe).
+    #[test]
+    fn counts_are_singular_for_one() {
+        assert_eq!(
+            (count(0, "task"), count(1, "task"), count(2, "task")),
+            ("0 tasks".to_string(), "1 task".to_string(), "2 tasks".to_string())
+        );
+        let one = BTreeMap::from([("42/extract/base".to_string(), outcome(10.0, false, 0))]);
+        assert_eq!(
+            stage_times(&one).unwrap(),
+            "time by stage: extract 10.0 s; 1 task 10.0 s (0 min 10 s)"
+        );
     }
 
     #[test]

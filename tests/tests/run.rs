@@ -130,3 +130,52 @@ fn a_run_commits_every_task_resumes_and_is_reproducible() {
     );
     assert_eq!(manifests(first.path()), committed);
 }
+
+/// A run that fails printed `done: N tasks` before its error, the error twice (the worker's
+/// line and the command's), and advised allow_shortfall for rows max_len cut to nothing,
+/// which only drops them (fresh-user probe). Now the summary says the run failed and which
+/// task stopped it, the error comes once, and it says to raise max_len, to at least what.
+#[test]
+fn a_failed_run_says_it_failed_and_its_error_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = pspace_tests::cluster::tiny_spec_with_seeds(dir.path(), &[42]);
+    let text = std::fs::read_to_string(&spec).unwrap();
+    // The coupling's max_len (the last of the three): 256 cuts the confab positives to nothing.
+    let at = text.rfind("max_len = 1024\n").expect("the coupling's max_len line moved");
+    std::fs::write(&spec, format!("{}max_len = 256\n{}", &text[..at], &text[at + 15..])).unwrap();
+    let store = dir.path().join("store");
+    let out = Command::new(pspace_bin())
+        .arg("run")
+        .arg(&spec)
+        .arg("--store")
+        .arg(&store)
+        .output()
+        .expect("run pspace");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("done: "), "{stderr}");
+    let summary = stderr
+        .lines()
+        .find(|l| l.starts_with("failed: "))
+        .unwrap_or_else(|| panic!("no failed summary in:\n{stderr}"));
+    assert!(
+        summary.contains(" of 16 tasks committed (") && summary.ends_with(" stopped the run"),
+        "{summary}"
+    );
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("pspace: error: "))
+        .unwrap_or_else(|| panic!("no error in:\n{stderr}"));
+    let cause = "rows cannot be trained on (nothing left to learn after truncation";
+    assert!(error.contains(cause), "{error}");
+    assert_eq!(stderr.matches(cause).count(), 1, "the error is said more than once:\n{stderr}");
+    assert!(
+        error.contains("max_len = 256 cut ") && error.contains("raise max_len in [coupling] to at least "),
+        "{error}"
+    );
+    assert!(!error.contains("allow_shortfall"), "{error}");
+    assert!(
+        stderr.find(summary) < stderr.find(error),
+        "the error ends the output:\n{stderr}"
+    );
+}

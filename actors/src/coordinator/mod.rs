@@ -15,6 +15,11 @@ pub mod status;
 pub use state::CoordinatorState;
 pub use status::{LeaseProgress, RunStatus, TaskOutcome, WorkerView};
 
+/// How a recorded failure's reply begins when it failed the run (the run's failure follows):
+/// a worker then says only that the task failed, since the failure ends the output of whoever
+/// ran it (`pspace run`'s error, a worker's exit line), and said twice it read as two errors.
+pub const RUN_FAILED: &str = "the run has failed: ";
+
 use crate::plan::PlanEntry;
 use crate::scheduler::{RetryPolicy, SchedulerError, Timing};
 use crate::spec::Spec;

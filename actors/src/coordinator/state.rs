@@ -681,6 +681,6 @@ fn describe(decision: &Decision) -> String {
             let wait = not_before_ms.saturating_sub(unix_ms());
             format!("retried as attempt {attempt} in {:.1}s", wait as f64 / 1000.0)
         }
-        Decision::RunFailed(f) => format!("the run has failed: {f}"),
+        Decision::RunFailed(f) => format!("{}{f}", super::RUN_FAILED),
     }
 }

@@ -287,7 +287,14 @@ async fn run_lease(state: &mut SlotState, lease: Lease, carrier: &TraceCarrier) 
                         )
                     }
                     complete_reply::Status::Recorded => {
-                        eprintln!("worker {worker_id}: {} failed: {}", lease.task, reply.message)
+                        if reply.message.starts_with(crate::coordinator::RUN_FAILED) {
+                            eprintln!(
+                                "worker {worker_id}: {} failed, and the run with it",
+                                lease.task
+                            )
+                        } else {
+                            eprintln!("worker {worker_id}: {} failed: {}", lease.task, reply.message)
+                        }
                     }
                 }
                 break;
