@@ -7,9 +7,11 @@ use crate::session::{self, load_spec};
 use anyhow::{bail, Result};
 use pspace_actors::coordinator::journal::{Histories, Journal};
 use pspace_actors::plan::{manifest_digest, plan_run};
-use pspace_actors::scheduler::TaskPhase;
-use pspace_actors::store::Store;
+use pspace_actors::scheduler::{FailureClass, TaskPhase};
+use pspace_actors::store::{Manifest, Store};
+use pspace_actors::task::Task;
 use pspace_actors::transport::Transport;
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -118,6 +120,8 @@ async fn from_store(args: &StatusArgs) -> Result<()> {
     let history = Histories::from_events(&events);
     let mut digests: BTreeMap<String, String> = BTreeMap::new();
     let mut rows = Vec::new();
+    // Every key under a kind's folder, listed once for all the tasks of that kind.
+    let mut listed: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let files = session::fingerprints(&spec, &location, session::DigestKeeping::ReadOnly)?;
     for entry in plan_run(&spec, &files) {
         let key = entry.key.to_string();
@@ -144,9 +148,28 @@ async fn from_store(args: &StatusArgs) -> Result<()> {
             },
         };
         let h = history.of(&entry.key, id.as_deref());
+        // Why a task is `ready` again, where the store knows: its failures under this id, and
+        // an earlier commit of its key under another id (the spec, a file or an input changed).
+        let mut why = Vec::new();
+        if let (TaskPhase::Ready, Some(task), Some(store)) = (&state, &task, &store) {
+            why.extend(failed_before(&h.failures));
+            let kind_dir = format!(
+                "{}/{}/{}/",
+                spec.experiment.name,
+                entry.folder,
+                task.kind.as_str()
+            );
+            if !listed.contains_key(&kind_dir) {
+                listed.insert(kind_dir.clone(), store.list(&kind_dir).await?);
+            }
+            if let Some(before) = earlier_commit(store, &kind_dir, &listed[&kind_dir], task).await? {
+                why.extend(changed_since(&before.spec, &task_json(task)));
+            }
+        }
         rows.push(serde_json::json!({
             "task": key, "id": id, "state": state, "attempts": h.attempts,
             "failures": h.failures.iter().map(|(c, m)| format!("{c}: {m}")).collect::<Vec<_>>(),
+            "reason": (!why.is_empty()).then(|| why.join("; ")),
         }));
     }
     if args.json {
@@ -172,10 +195,15 @@ async fn from_store(args: &StatusArgs) -> Result<()> {
     let count = |word: &str| rows.iter().filter(|r| r["state"] == word).count();
     let committed = count(TaskPhase::Committed.as_str());
     for r in &rows {
+        let state = r["state"].as_str().unwrap_or_default();
+        let state = match r["reason"].as_str() {
+            Some(reason) => format!("{state} ({reason})"),
+            None => state.to_string(),
+        };
         println!(
             "  {:<36} {:<9} attempts {}",
             r["task"].as_str().unwrap_or_default(),
-            r["state"].as_str().unwrap_or_default(),
+            state,
             r["attempts"]
         );
         // `class: message`, printed as the coordinator's table prints a failure.
@@ -201,6 +229,150 @@ async fn from_store(args: &StatusArgs) -> Result<()> {
         bail!("the spec plans no task");
     }
     Ok(())
+}
+
+/// `failed 2x: <the last error's first line, shortened>`, for a task that failed before.
+fn failed_before(failures: &[(FailureClass, String)]) -> Option<String> {
+    let (_, last) = failures.last()?;
+    Some(format!(
+        "failed {}x: {}",
+        failures.len(),
+        shortened(last.lines().next().unwrap_or_default(), 60)
+    ))
+}
+
+/// `text` cut to at most `most` characters, `...` marking a cut.
+fn shortened(text: &str, most: usize) -> String {
+    if text.chars().count() <= most {
+        return text.to_string();
+    }
+    let kept: String = text.chars().take(most.saturating_sub(3)).collect();
+    format!("{kept}...")
+}
+
+/// The task as its manifest records it (`Manifest::spec`: its canonical JSON).
+fn task_json(task: &Task) -> Value {
+    serde_json::from_str(&task.canonical_json()).unwrap_or(Value::Null)
+}
+
+/// The latest manifest committed under `task`'s key with another id: the task as it was before
+/// the spec, a file or an input changed. `keys` is every key under `kind_dir`.
+async fn earlier_commit(
+    store: &Store,
+    kind_dir: &str,
+    keys: &[String],
+    task: &Task,
+) -> Result<Option<Manifest>> {
+    let mut latest: Option<Manifest> = None;
+    for key in keys {
+        // `<kind_dir><label>-<id>/manifest.json`: a task folder of this label.
+        let Some(folder) = key
+            .strip_prefix(kind_dir)
+            .and_then(|k| k.strip_suffix("/manifest.json"))
+        else {
+            continue;
+        };
+        let Some(id) = folder
+            .strip_prefix(task.label.as_str())
+            .and_then(|rest| rest.strip_prefix('-'))
+        else {
+            continue;
+        };
+        if id == task.id() || id.contains('/') {
+            continue;
+        }
+        if let Some(m) = store.read_manifest(&format!("{kind_dir}{folder}")).await? {
+            if latest
+                .as_ref()
+                .is_none_or(|l| m.finished_unix_ms > l.finished_unix_ms)
+            {
+                latest = Some(m);
+            }
+        }
+    }
+    Ok(latest)
+}
+
+/// How many changed values of one sort a reason names before it counts the rest.
+const NAMED: usize = 3;
+
+/// What differs between a task as it committed (`before`) and as planned now (`now`), both
+/// as their manifests record them, grouped as a person would change them: `spec changed: max_len
+/// 256 -> 512`, `file changed: em_data` (a data or model file's digest), `input changed:
+/// train_em/E0` (a dependency committed again with other outputs).
+fn changed_since(before: &Value, now: &Value) -> Vec<String> {
+    let mut found = Vec::new();
+    differences(before, now, "", &mut found);
+    let (mut spec, mut files, mut inputs) = (Vec::new(), Vec::new(), Vec::new());
+    for (path, old, new) in found {
+        if let Some(name) = path.strip_prefix("params.files.") {
+            files.push(name.to_string());
+        } else if let Some(name) = path.strip_prefix("inputs.") {
+            inputs.push(name.to_string());
+        } else {
+            let key = path
+                .strip_prefix("params.stage.")
+                .or_else(|| path.strip_prefix("params."))
+                .unwrap_or(&path);
+            spec.push(format!("{key} {} -> {}", value_text(old), value_text(new)));
+        }
+    }
+    let group = |what: &str, items: Vec<String>| {
+        (!items.is_empty()).then(|| {
+            let rest = items.len().saturating_sub(NAMED);
+            let mut named = items.into_iter().take(NAMED).collect::<Vec<_>>().join(", ");
+            if rest > 0 {
+                named.push_str(&format!(" and {rest} more"));
+            }
+            format!("{what}: {named}")
+        })
+    };
+    [
+        group("spec changed", spec),
+        group("file changed", files),
+        group("input changed", inputs),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// Every leaf where `a` and `b` differ, as (dotted path, a's value, b's value); objects are
+/// walked, anything else (lists included) compared whole.
+fn differences<'v>(
+    a: &'v Value,
+    b: &'v Value,
+    path: &str,
+    out: &mut Vec<(String, Option<&'v Value>, Option<&'v Value>)>,
+) {
+    let at = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for key in keys {
+                match (a.get(key), b.get(key)) {
+                    (Some(x), Some(y)) => differences(x, y, &at(key), out),
+                    (x, y) => out.push((at(key), x, y)),
+                }
+            }
+        }
+        _ if a != b => out.push((path.to_string(), Some(a), Some(b))),
+        _ => {}
+    }
+}
+
+/// A value as a reason shows it: compact JSON, long ones shortened; `(none)` for an absent key.
+fn value_text(value: Option<&Value>) -> String {
+    match value {
+        None => "(none)".to_string(),
+        Some(v) => shortened(&v.to_string(), 24),
+    }
 }
 
 /// What a store's root holds for an experiment.
@@ -282,6 +454,42 @@ mod tests {
             .unwrap()
             .block_on(holding(&store, experiment))
             .unwrap()
+    }
+
+    /// A `ready` task's reason names what changed since its key last committed, by sort, and
+    /// how often it failed with its last error's first line.
+    #[test]
+    fn a_ready_task_s_reason_names_what_changed_and_how_it_failed() {
+        let before = serde_json::json!({
+            "inputs": {"train_em/E0": "aa"}, "kind": "extract", "label": "E0",
+            "params": {"files": {"model": "m1"}, "seed": 42,
+                       "stage": {"max_new_tokens": 24, "layers": [0, 1], "temperature": 1.0}},
+        });
+        let now = serde_json::json!({
+            "inputs": {"train_em/E0": "bb"}, "kind": "extract", "label": "E0",
+            "params": {"files": {"model": "m2"}, "seed": 42,
+                       "stage": {"max_new_tokens": 20, "layers": [0, 1, 2], "top_p": 0.9,
+                                 "temperature": 1.0}},
+        });
+        assert_eq!(
+            changed_since(&before, &now),
+            [
+                "spec changed: layers [0,1] -> [0,1,2], max_new_tokens 24 -> 20, top_p (none) -> 0.9",
+                "file changed: model",
+                "input changed: train_em/E0"
+            ]
+        );
+        assert!(changed_since(&now, &now).is_empty());
+        let long = "x".repeat(100);
+        let failures = vec![
+            (FailureClass::Crash, "first".to_string()),
+            (FailureClass::Deterministic, format!("{long}\nbacktrace")),
+        ];
+        assert_eq!(
+            failed_before(&failures).unwrap(),
+            format!("failed 2x: {}...", "x".repeat(57))
+        );
+        assert_eq!(failed_before(&[]), None);
     }
 
     #[test]

@@ -389,3 +389,57 @@ fn status_refuses_a_spec_that_run_refuses_with_the_same_error() {
     assert_eq!(run.status.code(), code, "{run_err}");
     assert_eq!(error_part(&stderr), error_part(&run_err));
 }
+
+/// A task `ready` again after it failed, or after the spec changed since it committed, showed
+/// as plain `ready` (fresh-user probe). Its line now says why, from what the store knows: its
+/// failures under its id (`ready (failed 1x: ...)`), and its key's earlier commit under
+/// another id, compared value by value (`ready (spec changed: max_new_tokens 24 -> 20)`).
+#[test]
+fn a_ready_task_that_failed_or_whose_spec_changed_says_why() {
+    let (_dir, spec, store) = store_after_one_task();
+    let text = std::fs::read_to_string(&spec).unwrap();
+    assert!(
+        text.contains("max_new_tokens = 24\n"),
+        "the tiny spec's extraction line moved"
+    );
+    std::fs::write(
+        &spec,
+        text.replacen("max_new_tokens = 24\n", "max_new_tokens = 20\n", 1),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = status(&spec, &store, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let line = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("42/extract/base "))
+        .unwrap_or_else(|| panic!("no extract/base line:\n{stdout}"));
+    assert!(
+        line.contains("ready (spec changed: max_new_tokens 24 -> 20)"),
+        "{line}"
+    );
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&status(&spec, &store, &["--json"]).1).unwrap();
+    let base = rows.iter().find(|r| r["task"] == "42/extract/base").unwrap();
+    assert_eq!(base["reason"], "spec changed: max_new_tokens 24 -> 20", "{base}");
+    let never = rows.iter().find(|r| r["task"] == "42/train_em/E0_assistant").unwrap();
+    assert_eq!(never["reason"], serde_json::Value::Null, "{never}");
+
+    // A deterministic failure: max_len 256 cuts the coupling's positives to nothing.
+    let text = std::fs::read_to_string(&spec).unwrap();
+    let at = text.rfind("max_len = 1024\n").expect("the coupling's max_len line moved");
+    std::fs::write(&spec, format!("{}max_len = 256\n{}", &text[..at], &text[at + 15..])).unwrap();
+    let out = Command::new(pspace_bin())
+        .args(["run", "--only", "train_coupling/E0_assistant", "--store"])
+        .arg(&store)
+        .arg(&spec)
+        .output()
+        .expect("run pspace");
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let (code, stdout, stderr) = status(&spec, &store, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let line = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("42/train_coupling/E0_assistant "))
+        .unwrap_or_else(|| panic!("no train_coupling line:\n{stdout}"));
+    assert!(line.contains("ready (failed 1x: coupling: "), "{line}");
+}
