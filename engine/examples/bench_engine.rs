@@ -4,7 +4,10 @@
 //! compared side by side on one GPU (`bench/gpu.sh`).
 //!
 //! Usage: bench_engine [--device cuda|cpu] [--tiny | --model PATH] [--gen-batches 64,256]
-//!        [--new-tokens 256]
+//!        [--new-tokens 256] [--kernel-trace PATH]
+//! `--kernel-trace PATH`: after the timed generations, 32 greedy new tokens at the last batch
+//! size under libtorch's profiler, written to PATH as a Chrome trace (engine::kernel_trace;
+//! `bench/kernel_summary.py` totals it).
 //! `--model` loads a real model (e.g. the demo GGUF) and uses the small workloads of `--tiny`.
 
 use pspace_engine::generate::{generate, SamplingParams};
@@ -204,6 +207,31 @@ fn main() {
             "generate batch {gb}: {} new tokens/s",
             (produced as f64 / dt).round()
         );
+    }
+    if let (Some(path), Some(&gb)) = (arg("--kernel-trace"), batches.last()) {
+        let prompts: Vec<Vec<i64>> = (0..gb)
+            .map(|i| {
+                (0..prompt_len as i64)
+                    .map(|j| (i as i64 * 7919 + j * 104_729) % vocab.min(150_000))
+                    .collect()
+            })
+            .collect();
+        let params = SamplingParams {
+            max_new_tokens: 32,
+            temperature: 0.0,
+            n: 1,
+            stop_ids: vec![],
+            max_batch: gb,
+            ..Default::default()
+        };
+        let trace =
+            pspace_engine::kernel_trace::KernelTrace::start(tdev.is_cuda()).expect("start the profiler");
+        let _ = generate(&model, &prompts, &params, None);
+        sync();
+        trace
+            .finish(std::path::Path::new(&path))
+            .expect("write the kernel trace");
+        eprintln!("kernel trace of a greedy generation, batch {gb}, 32 new tokens: {path}");
     }
     res["gen_tok_s"] = gen.into();
     res["gen_prompt_len"] = prompt_len.into();

@@ -16,7 +16,9 @@
 //! (`forward_s`), which splits a step into its forward and the rest.
 //!
 //! Usage: bench_train [--device cuda|cpu] [--tiny] [--steps N] [--batch B] [--seq T] [--dropout P]
-//!                    [--packed] [--no-recompute]
+//!                    [--packed] [--no-recompute] [--kernel-trace PATH]
+//! `--kernel-trace PATH`: after the timed steps, three more steps under libtorch's profiler,
+//! written to PATH as a Chrome trace (engine::kernel_trace; `bench/kernel_summary.py` totals it).
 
 use pspace_engine::lora::{Lora, LoraConfig};
 use pspace_engine::model::{ForwardOptions, Logits, Model, ModelConfig, Proj};
@@ -137,7 +139,7 @@ fn run_mode(device: Device, tiny: bool, recompute: bool) -> serde_json::Value {
         pad_multiple: 8,
         pack_tokens: None,
     };
-    let mut trainer = Trainer::new(&model, &lora, config, warmup + steps);
+    let mut trainer = Trainer::new(&model, &lora, config, warmup + steps + 3);
     let vocab = (cfg.vocab_size as i64).min(150_000);
     // Every token a label, as in hf_baseline.py (labels = input ids).
     let rows: Vec<Vec<i64>> = (0..b)
@@ -176,6 +178,20 @@ fn run_mode(device: Device, tiny: bool, recompute: bool) -> serde_json::Value {
     sync();
     let dt = start.elapsed().as_secs_f64() / steps as f64;
     let peak = cuda_used_bytes();
+    if let Some(path) = arg("--kernel-trace") {
+        let trace =
+            pspace_engine::kernel_trace::KernelTrace::start(tdev.is_cuda()).expect("start the profiler");
+        for _ in 0..3 {
+            trainer
+                .step(std::slice::from_ref(&batch), 1)
+                .expect("traced step");
+        }
+        sync();
+        trace
+            .finish(std::path::Path::new(&path))
+            .expect("write the kernel trace");
+        eprintln!("kernel trace of 3 steps: {path}");
+    }
     let forward = || {
         let opts = ForwardOptions {
             logits: Logits::None,

@@ -926,6 +926,93 @@ mod tests {
         );
     }
 
+    /// Decoding reads the cache padded to an aligned key count on CUDA (zero keys and values
+    /// behind -inf mask columns); here on the CPU, against the unpadded path: the same greedy
+    /// tokens and the same captured states, over prompts of different lengths (left padding),
+    /// rows leaving the batch and refills (`max_batch` < prompts).
+    #[test]
+    fn decoding_over_an_aligned_key_window_changes_nothing() {
+        let model = RandomModel::parse("random:tiny@4")
+            .unwrap()
+            .unwrap()
+            .build(Device::Cpu, Kind::Float)
+            .unwrap();
+        let prompts: Vec<Vec<i64>> = (0..7)
+            .map(|i| (0..(2 + 3 * i)).map(|t| 11 + 7 * t + i).collect())
+            .collect();
+        let params = SamplingParams {
+            max_new_tokens: 13,
+            temperature: 0.0,
+            max_batch: 3,
+            end_lengths: Some(EndLengths {
+                mean: 7.0,
+                sigma: 0.5,
+                seed: 2,
+            }),
+            ..Default::default()
+        };
+        let layers = [0usize, 1];
+        let plain = generate_with_states(&model, &prompts, &params, &layers, &mut |_| {}).unwrap();
+        let aligned = crate::model::with_decode_alignment_on_cpu(|| {
+            generate_with_states(&model, &prompts, &params, &layers, &mut |_| {}).unwrap()
+        });
+        assert_eq!(plain.0, aligned.0);
+        assert!(plain.0.iter().any(|g| g.tokens.len() > 4), "decoding steps ran");
+        for (a, b) in plain.1.response_mean.iter().zip(&aligned.1.response_mean) {
+            assert!(a.allclose(b, 1e-5, 1e-6, false), "{}", (a - b).abs().max());
+            assert!(a.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+        }
+    }
+
+    /// A cache buffer holds zeros from its filled length on, whatever happened to it: the
+    /// aligned window's padding must be finite zeros for the -inf mask to cancel it.
+    #[test]
+    fn a_cache_buffer_is_zero_past_its_filled_length() {
+        let model = RandomModel::parse("random:tiny@4")
+            .unwrap()
+            .unwrap()
+            .build(Device::Cpu, Kind::Float)
+            .unwrap();
+        let ids = Tensor::from_slice(&[3i64, 4, 5, 6, 7, 8, 9, 10]).view([2, 4]);
+        let mut mask = Tensor::ones([2, 4], (Kind::Int64, Device::Cpu));
+        let mut cache = crate::model::KvCache::with_reserve(3);
+        let opts = crate::model::ForwardOptions::default();
+        let _ = model.forward(&ids, &mask, Some(&mut cache), &opts);
+        for step in 0..6 {
+            mask = Tensor::cat(&[&mask, &Tensor::ones([2, 1], (Kind::Int64, Device::Cpu))], 1);
+            let next = Tensor::from_slice(&[20 + step, 30 + step]).view([2, 1]);
+            let _ = model.forward(&next, &mask, Some(&mut cache), &opts);
+            if step == 2 {
+                cache.select_rows(&Tensor::from_slice(&[1i64, 0]));
+            }
+            if step == 4 {
+                cache.drop_front(1);
+                mask = mask.narrow(1, 1, mask.size()[1] - 1);
+            }
+            for l in &cache.layers {
+                let tail = l.capacity() - l.len;
+                assert_eq!(
+                    l.k.narrow(2, l.len, tail)
+                        .abs()
+                        .sum(Kind::Float)
+                        .double_value(&[]),
+                    0.0
+                );
+                assert_eq!(
+                    l.v.narrow(2, l.len, tail)
+                        .abs()
+                        .sum(Kind::Float)
+                        .double_value(&[]),
+                    0.0
+                );
+            }
+        }
+        assert!(
+            cache.layers[0].capacity() > cache.layers[0].len,
+            "the buffer grew with room"
+        );
+    }
+
     #[test]
     fn a_dry_run_ends_every_sequence_at_its_drawn_length() {
         let model = RandomModel::parse("random:tiny@1")

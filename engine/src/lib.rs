@@ -9,6 +9,7 @@ pub mod extract;
 pub mod generate;
 pub mod generation_config;
 pub mod gguf;
+pub mod kernel_trace;
 pub mod lora;
 pub mod model;
 pub mod peft;

@@ -76,7 +76,10 @@ pub trait LayerAdapter {
     fn add(&self, group: &[Proj], widths: &[i64], input: &Tensor, base: Tensor) -> Tensor;
 
     /// The same for projections of equal width computed as a batch: `base` [k, N, width] holds
-    /// the output of `group[i]` at `base[i]`. By default member by member through `add`.
+    /// the output of `group[i]` at `base[i]`; `input` is the rows [N, in], or the rows once per
+    /// member [k, N, in] (the batched matmul's own input: an expanded view, or in training a
+    /// contiguous copy that dropout may draw on directly). By default member by member through
+    /// `add`.
     fn add_stacked(&self, group: &[Proj], input: &Tensor, base: Tensor) -> Tensor {
         add_stacked_one_by_one(self, group, input, base)
     }
@@ -94,7 +97,15 @@ pub fn add_stacked_one_by_one<A: LayerAdapter + ?Sized>(
         .unbind(0)
         .into_iter()
         .zip(group)
-        .map(|(part, p)| adapter.add(&[*p], &[width], input, part))
+        .enumerate()
+        .map(|(i, (part, p))| {
+            let rows = if input.dim() == 3 {
+                input.get(i as i64)
+            } else {
+                input.shallow_clone()
+            };
+            adapter.add(&[*p], &[width], &rows, part)
+        })
         .collect();
     Tensor::stack(&parts, 0)
 }

@@ -107,6 +107,42 @@ impl LayerKv {
     pub fn filled(&self) -> (Tensor, Tensor) {
         (self.k.narrow(2, 0, self.len), self.v.narrow(2, 0, self.len))
     }
+
+    /// The filled part extended to a multiple of `multiple` positions with the buffer's unused
+    /// (zero) positions behind it, [B, kv_heads, padded, head_dim], or None when the buffer has
+    /// no such room. Every buffer is allocated zeroed and written only at `len` (`append`), so
+    /// positions from `len` on hold zeros: finite keys and values that a -inf mask column turns
+    /// into exact zero weights.
+    pub fn aligned(&self, multiple: i64) -> Option<(Tensor, Tensor)> {
+        let padded = (self.len + multiple - 1) / multiple * multiple;
+        (padded <= self.capacity()).then(|| (self.k.narrow(2, 0, padded), self.v.narrow(2, 0, padded)))
+    }
+}
+
+/// Key positions a decoding step's attention reads, rounded up to this multiple on CUDA.
+/// cuBLAS picks its sm90 kernels only for leading dimensions that are multiples of 8 elements;
+/// at an odd cache length, the score and value matmuls of a decoding step fell back to a
+/// Turing-era CUTLASS kernel ("cutlass_75_wmma ... align1"): 0.1 ms each per layer at batch 512,
+/// about a third of the step (kernel trace, bench/results/kernels_decode_512_h200.txt).
+const DECODE_KEY_MULTIPLE: i64 = 8;
+
+thread_local! {
+    /// Tests: pad decoding's keys on the CPU too, so the padded path runs where tests run.
+    static ALIGN_DECODE_ON_CPU: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether a decoding step on `device` reads the cache padded to `DECODE_KEY_MULTIPLE`.
+fn aligns_decode_keys(device: tch::Device) -> bool {
+    device.is_cuda() || ALIGN_DECODE_ON_CPU.with(|c| c.get())
+}
+
+/// Runs `f` with decoding's key padding on the CPU too (tests of the CUDA path's layout).
+#[cfg(test)]
+pub(crate) fn with_decode_alignment_on_cpu<R>(f: impl FnOnce() -> R) -> R {
+    ALIGN_DECODE_ON_CPU.with(|c| c.set(true));
+    let out = f();
+    ALIGN_DECODE_ON_CPU.with(|c| c.set(false));
+    out
 }
 
 /// Per-layer keys and values of the positions seen so far.
@@ -288,10 +324,6 @@ fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
     weight * normed
 }
 
-/// Rotary embedding of x [B, T, heads, head_dim] as HF computes it, x cos + rotate_half(x) sin,
-/// with rotate_half's sign folded into `sin_signed` so it is three ops: (x2, x1) is one cat.
-/// (The halves come from `chunk`, whose backward is one cat; `narrow`'s would zero-fill and
-/// add a full-size buffer per half.)
 /// Causal attention of q [B, heads, T, head_dim] over k, v [B, kv_heads, T, head_dim] (HF's
 /// grouping: query head h reads kv head h / (heads / kv_heads)).
 ///
@@ -385,11 +417,27 @@ pub(crate) fn masked_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor
     }
 }
 
-fn apply_rotary(x: &Tensor, cos: &Tensor, sin_signed: &Tensor) -> Tensor {
-    let last = x.dim() as i64 - 1;
-    let halves = x.chunk(2, last);
-    let swapped = Tensor::cat(&[&halves[1], &halves[0]], last);
-    (x * cos).addcmul(&swapped, sin_signed)
+/// Rotary embedding as HF computes it, x cos + rotate_half(x) sin, of the whole fused Q/K/V
+/// output x [B, T, heads + 2 kv_heads, head_dim] (contiguous): `Rotary` holds cos and sin for
+/// every head, 1 and 0 for the value heads, which come out unchanged (exactly: v 1 + 0). The
+/// sign of rotate_half is folded into the sin table, so (x2, x1) is x times a permutation
+/// matrix: one matmul whose products are exact (one 1 per column). Three kernels on contiguous
+/// tensors of one shape: on an H200 (kernel trace of a 7B step at 4,224 tokens) the former cat
+/// of the halves and the multiplies broadcast over the heads of a strided Q/K view ran strided
+/// kernels, about 0.2 ms per layer forward and as much backward.
+fn apply_rotary(x: &Tensor, rotary: &Rotary) -> Tensor {
+    let swapped = x.matmul(&rotary.swap_halves);
+    (x * &rotary.cos).addcmul(&swapped, &rotary.sin_signed)
+}
+
+/// Rotary tables of one forward pass, for [`apply_rotary`].
+pub(crate) struct Rotary {
+    /// [B, T, heads + 2 kv_heads, head_dim]: cos for the query and key heads, 1 for the values.
+    cos: Tensor,
+    /// The same with sin, rotate_half's sign folded in (-sin on the first half); 0 for values.
+    sin_signed: Tensor,
+    /// [head_dim, head_dim]: x . swap_halves = (x2, x1).
+    swap_halves: Tensor,
 }
 
 impl Model {
@@ -498,12 +546,12 @@ impl Model {
         h.matmul(&self.lm_head.as_ref().unwrap_or(&self.embed).tr())
     }
 
-    /// Rotary cos and sign-folded sin [B, T, 1, head_dim] for positions [B, T] (see
-    /// `apply_rotary`), scaled as transformers scales them (`attention_scaling`). Dynamic rope
+    /// Rotary tables for positions [B, T] (see `apply_rotary`), scaled as transformers scales
+    /// them (`attention_scaling`). Dynamic rope
     /// recomputes the frequencies from the largest position of the pass, as transformers'
     /// `dynamic_rope_update` does on a model that has not seen a longer pass before (its cached
     /// frequencies otherwise depend on the history of calls; here they depend on the pass only).
-    fn rotary(&self, positions: &Tensor) -> (Tensor, Tensor) {
+    fn rotary(&self, positions: &Tensor) -> Rotary {
         let dynamic;
         let inv_freq = if self.config.rope_scaling.is_dynamic() && positions.numel() > 0 {
             let seq_len = positions.max().int64_value(&[]) + 1;
@@ -529,10 +577,35 @@ impl Model {
             sin *= self.attention_scaling;
         }
         let sin_signed = Tensor::cat(&[-sin.narrow(-1, 0, half), sin.narrow(-1, half, half)], -1);
-        (
-            cos.to_kind(self.kind).unsqueeze(2),
-            sin_signed.to_kind(self.kind).unsqueeze(2),
-        )
+        let (heads, kv_heads) = (
+            self.config.num_attention_heads as i64,
+            self.config.num_key_value_heads as i64,
+        );
+        // [B, T, heads + 2 kv_heads, head_dim]: the query and key heads' tables, then the
+        // value heads' identity (cos 1, sin 0).
+        let per_head = |table: &Tensor, value_heads: f64| {
+            let size = table.size(); // [B, T, head_dim]
+            let (b, t, d) = (size[0], size[1], size[2]);
+            let rotated = table
+                .to_kind(self.kind)
+                .unsqueeze(2)
+                .expand([b, t, heads + kv_heads, d], false);
+            let values = Tensor::full([b, t, kv_heads, d], value_heads, (self.kind, table.device()));
+            Tensor::cat(&[&rotated, &values], 2)
+        };
+        let hd = self.config.head_dim as i64;
+        // Column j of the permutation picks (j + half) mod head_dim.
+        let source = (Tensor::arange(hd, (Kind::Int64, self.device)) + half).remainder(hd);
+        let swap_halves = Tensor::zeros([hd, hd], (self.kind, self.device)).index_put_(
+            &[Some(source), Some(Tensor::arange(hd, (Kind::Int64, self.device)))],
+            &Tensor::ones([hd], (self.kind, self.device)),
+            false,
+        );
+        Rotary {
+            cos: per_head(&cos, 1.0),
+            sin_signed: per_head(&sin_signed, 0.0),
+            swap_halves,
+        }
     }
 
     /// Attention context prepared once per forward: rotary tables and the mask.
@@ -543,7 +616,7 @@ impl Model {
         let positions = (mask_l.cumsum(1, Kind::Int64) - 1)
             .clamp_min(0)
             .narrow(1, past, new_tokens);
-        let (cos, sin_signed) = self.rotary(&positions);
+        let rotary = self.rotary(&positions);
         // Without a cache, rows whose real tokens form a prefix (no padding, or right padding)
         // need nothing beyond the causal mask: a real query only sees earlier, real keys. Those
         // use the flash kernel's built-in causal mask.
@@ -570,8 +643,7 @@ impl Model {
             Some(allowed)
         };
         AttentionContext {
-            cos,
-            sin_signed,
+            rotary,
             mask,
             segments: None,
             kind: self.kind,
@@ -591,10 +663,9 @@ impl Model {
         let positions = Tensor::from_slice(&packed.positions)
             .view([1, n])
             .to_device(self.device);
-        let (cos, sin_signed) = self.rotary(&positions);
+        let rotary = self.rotary(&positions);
         AttentionContext {
-            cos,
-            sin_signed,
+            rotary,
             mask: None,
             segments: (packed.sequences.len() > 1).then(|| Segments::new(packed, self.device)),
             kind: self.kind,
@@ -635,7 +706,6 @@ impl Model {
                 None => base,
             }
         };
-        let (q_out, kv_out) = (nh * hd, nkv * hd);
         // The layer works on [B * T, H] rows (only attention needs the batch shape): the
         // projections are then plain matmuls, with no reshapes around each of them.
         let hidden_size = cfg.hidden_size as i64;
@@ -643,20 +713,25 @@ impl Model {
         let h = rms_norm(&x, &l.input_norm, cfg.rms_norm_eps);
         let qkv = adapted(&[Proj::Q, Proj::K, Proj::V], &h, l.qkv.forward(&h));
         crate::train::profile::op_lap("norm, qkv and its LoRA", self.device);
-        // Pieces by `split`, whose backward is one cat (see `apply_rotary`).
-        let qk_v = qkv.split_with_sizes([q_out + kv_out, kv_out], -1);
-        // Rotary on the query and key heads together: [B, T, nh + nkv, hd].
-        let qk = apply_rotary(&qk_v[0].view([b, t, nh + nkv, hd]), &ctx.cos, &ctx.sin_signed);
-        let q_k = qk.split_with_sizes([nh, nkv], 2);
-        let q = q_k[0].transpose(1, 2); // [B, nh, T, hd]
-        let k = q_k[1].transpose(1, 2); // [B, nkv, T, hd]
-        let v = qk_v[1].view([b, t, nkv, hd]).transpose(1, 2);
-        let (k, v, new_cache) = match cache {
+        // Rotary over all heads of the fused output, [B, T, nh + 2 nkv, hd] (the value heads
+        // pass unchanged), then the heads by `split`, whose backward is one cat.
+        let rotated = apply_rotary(&qkv.view([b, t, nh + 2 * nkv, hd]), &ctx.rotary);
+        let q_k_v = rotated.split_with_sizes([nh, nkv, nkv], 2);
+        let q = q_k_v[0].transpose(1, 2); // [B, nh, T, hd]
+        let k = q_k_v[1].transpose(1, 2); // [B, nkv, T, hd]
+        let v = q_k_v[2].transpose(1, 2);
+        // Decoding on CUDA reads the cache padded to an aligned length (`DECODE_KEY_MULTIPLE`).
+        let (k, v, new_cache, aligned) = match cache {
             Some(layer_kv) => {
                 let (k, v) = layer_kv.append(&k, &v);
-                (k, v, None)
+                let aligned = if t <= 8 && aligns_decode_keys(k.device()) {
+                    layer_kv.aligned(DECODE_KEY_MULTIPLE)
+                } else {
+                    None
+                };
+                (k, v, None, aligned)
             }
-            None => (k.shallow_clone(), v.shallow_clone(), Some((k, v))),
+            None => (k.shallow_clone(), v.shallow_clone(), Some((k, v)), None),
         };
         crate::train::profile::op_lap("rotary, split", self.device);
         let group = nh / nkv;
@@ -679,9 +754,10 @@ impl Model {
                 // Decoding: a few query rows against a long cache. Grouped-query attention as
                 // batched matmuls over [B * kv_heads, group * T, ...] (no key copies); the
                 // scale and the additive mask ride in the first matmul.
+                let (k, v) = aligned.unwrap_or((k, v));
                 let len = k.size()[2];
                 let qg = q.reshape([b * nkv, group * t, hd]);
-                let scores = ctx.additive_mask(group, nkv).baddbmm(
+                let scores = ctx.additive_mask(group, nkv, len).baddbmm(
                     &qg,
                     &k.reshape([b * nkv, len, hd]).transpose(1, 2),
                     1.0,
@@ -708,16 +784,22 @@ impl Model {
         let h = rms_norm(&x, &l.post_attention_norm, cfg.rms_norm_eps);
         let rows = b * t;
         let gated = if rows >= STACKED_GATE_UP_ROWS {
-            let gate_up = h
-                .unsqueeze(0)
-                .expand([2, rows, hidden_size], false)
-                .bmm(&l.gate_up_t);
+            // The rows once per member. Training an adapter: a contiguous copy, whose backward
+            // adds the two gradients (an expanded view's sums them with a reduction kernel, three
+            // times slower on an H200) and which LoRA's dropout draws on without a copy of its
+            // own. Otherwise the free expanded view.
+            let h_pair = if train && layer_adapter.is_some() {
+                Tensor::stack(&[&h, &h], 0)
+            } else {
+                h.unsqueeze(0).expand([2, rows, hidden_size], false)
+            };
+            let gate_up = h_pair.bmm(&l.gate_up_t);
             let gate_up = match &l.gate_up_bias {
                 Some(bias) => gate_up + bias,
                 None => gate_up,
             };
             let gate_up = match &layer_adapter {
-                Some(a) => a.add_stacked(&[Proj::Gate, Proj::Up], &h, gate_up),
+                Some(a) => a.add_stacked(&[Proj::Gate, Proj::Up], &h_pair, gate_up),
                 None => gate_up,
             };
             let gate_and_up = gate_up.unbind(0);
@@ -775,8 +857,7 @@ impl Model {
 
 /// Rotary tables and the attention mask of one forward pass, shared by all layers.
 pub struct AttentionContext {
-    cos: Tensor,
-    sin_signed: Tensor,
+    rotary: Rotary,
     /// [B, 1, T, total], true = may attend. None: no padding and no cache, use the causal kernel.
     mask: Option<Tensor>,
     /// Packed sequences (B = 1, no cache): how attention lays them out.
@@ -975,20 +1056,27 @@ impl AttentionContext {
             .shallow_clone()
     }
 
-    fn additive_mask(&self, group: i64, kv_heads: i64) -> Tensor {
-        self.additive
-            .get_or_init(|| {
-                let allowed = self.mask.as_ref().map(Tensor::shallow_clone).unwrap_or_default();
-                let size = allowed.size(); // [B, 1, T, total]
-                let (b, t, total) = (size[0], size[2], size[3]);
-                let additive = Tensor::zeros(size.as_slice(), (self.kind, allowed.device()))
-                    .masked_fill(&allowed.logical_not(), f64::NEG_INFINITY);
-                additive
-                    .view([b, 1, 1, t, total])
-                    .expand([b, kv_heads, group, t, total], false)
-                    .reshape([b * kv_heads, group * t, total])
-            })
-            .shallow_clone()
+    /// The additive mask over `keys` key positions: the mask's own, then (when `keys` is
+    /// larger) -inf columns for the aligned cache's zero positions (`LayerKv::aligned`).
+    fn additive_mask(&self, group: i64, kv_heads: i64, keys: i64) -> Tensor {
+        let make = || {
+            let allowed = self.mask.as_ref().map(Tensor::shallow_clone).unwrap_or_default();
+            let size = allowed.size(); // [B, 1, T, total]
+            let (b, t, total) = (size[0], size[2], size[3]);
+            let additive = Tensor::full([b, 1, t, keys], f64::NEG_INFINITY, (self.kind, allowed.device()));
+            let _ = additive.narrow(3, 0, total).masked_fill_(&allowed, 0.0);
+            additive
+                .view([b, 1, 1, t, keys])
+                .expand([b, kv_heads, group, t, keys], false)
+                .reshape([b * kv_heads, group * t, keys])
+        };
+        let mask = self.additive.get_or_init(make);
+        // Every layer of a pass reads the same key count; another count gets its own mask.
+        if mask.size().last() == Some(&keys) {
+            mask.shallow_clone()
+        } else {
+            make()
+        }
     }
 }
 
