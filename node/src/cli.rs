@@ -98,8 +98,9 @@ pub struct RunArgs {
     /// [experiment].device. Checked as the run would check it, also with --dry-run.
     #[arg(long, value_parser = crate::devices::device_arg)]
     pub device: Option<String>,
-    /// One slot per GPU: `all` or indices like 0,1 (instead of --device).
-    #[arg(long)]
+    /// One slot per GPU: `all` or indices like 0,1 (instead of --device: the two together are
+    /// refused, since --gpus names CUDA devices and --device another).
+    #[arg(long, conflicts_with = "device")]
     pub gpus: Option<String>,
     /// Print the task plan (in plan order, as `status` lists it) and exit without running
     /// anything. A run starts ready tasks longest chain first, not in this order: the task
@@ -150,8 +151,9 @@ pub struct WorkerArgs {
     /// Device for one slot: cpu, cuda (alias gpu) or cuda:N.
     #[arg(long, default_value = "cpu", value_parser = crate::devices::device_arg)]
     pub device: String,
-    /// One slot per GPU: `all` or indices like 0,1 (instead of --device).
-    #[arg(long)]
+    /// One slot per GPU: `all` or indices like 0,1 (instead of --device: the two together are
+    /// refused, since --gpus names CUDA devices and --device another).
+    #[arg(long, conflicts_with = "device")]
     pub gpus: Option<String>,
     /// This worker's name in status and logs (default: host-pid).
     #[arg(long)]

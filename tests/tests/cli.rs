@@ -247,3 +247,31 @@ fn a_mistyped_pspace_attention_is_refused_at_start_up() {
         );
     }
 }
+
+/// `--gpus all --device cpu` was accepted silently (fresh-user probe): the two name different
+/// devices, so the pair is refused naming both flags, with clap's usage error (exit 2). A
+/// worker's `--device` has a default, which does not count as given.
+#[test]
+fn gpus_and_device_together_are_refused_naming_both() {
+    for command in ["run", "worker"] {
+        let out = Command::new(pspace_bin())
+            .args([command, "--gpus", "all", "--device", "cpu"])
+            .output()
+            .expect("run pspace");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command}: {stderr}");
+        assert!(
+            stderr.contains("the argument '--gpus <GPUS>' cannot be used with '--device <DEVICE>'"),
+            "{command}: {stderr}"
+        );
+    }
+    // (It then stops for want of a GPU, or of the coordinator within a second.)
+    let out = Command::new(pspace_bin())
+        .args(["worker", "--gpus", "all", "--give-up-after-s", "1"])
+        .args(["--coordinator", "http://127.0.0.1:9"])
+        .output()
+        .expect("run pspace");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(2), "{stderr}");
+    assert!(!stderr.contains("cannot be used with"), "{stderr}");
+}
