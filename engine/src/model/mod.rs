@@ -158,11 +158,12 @@ impl KvCache {
     pub fn new() -> KvCache {
         KvCache::default()
     }
-    /// A cache that keeps room for `reserve` more positions after its first fill.
+    /// A cache that keeps room for `reserve` more positions after its first fill, and for the
+    /// padding of decoding's aligned key window (`LayerKv::aligned`) at the last of them.
     pub fn with_reserve(reserve: i64) -> KvCache {
         KvCache {
             layers: Vec::new(),
-            reserve,
+            reserve: reserve + DECODE_KEY_MULTIPLE - 1,
         }
     }
     pub fn seq_len(&self) -> i64 {
