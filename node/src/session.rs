@@ -315,15 +315,14 @@ pub fn fingerprints(spec: &Spec, location: &str, keeping: DigestKeeping) -> Resu
     };
     let started = std::time::Instant::now();
     let files = Fingerprints::compute(spec, &model, &mut cache)?;
-    if cache.hashed_bytes > 0 {
+    // Said where the digests are kept (a run, a coordinator), to account for the time of a
+    // first start; a read-only command (`pspace status`) keeps quiet about its own hashing.
+    if cache.hashed_bytes > 0 && keeping == DigestKeeping::Keep {
         eprintln!(
-            "hashed {:.1} MB of model and data files in {:.1} s ({})",
+            "hashed {:.1} MB of model and data files in {:.1} s (digests kept in {})",
             cache.hashed_bytes as f64 / 1e6,
             started.elapsed().as_secs_f64(),
-            match keeping {
-                DigestKeeping::Keep => format!("digests kept in {}", cache_path.display()),
-                DigestKeeping::ReadOnly => "not kept: this command writes nothing".to_string(),
-            }
+            cache_path.display()
         );
     }
     cache.save()?;

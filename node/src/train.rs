@@ -30,11 +30,11 @@ pub struct TrainArgs {
     /// stay as they are and the chat template's default applies.
     #[arg(long)]
     pub system: Option<String>,
-    /// Stop after this many optimizer steps (the schedule spans them).
-    #[arg(long)]
+    /// Stop after this many optimizer steps, at least 1 (the schedule spans them).
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = at_least_one)]
     pub max_steps: Option<usize>,
-    /// Number of epochs (default: the recipe's).
-    #[arg(long)]
+    /// Number of epochs, at least 1 (default: the recipe's).
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = at_least_one)]
     pub epochs: Option<usize>,
     /// Seed of the data order and the adapter's initialisation (default: the recipe's, 42).
     #[arg(long)]
@@ -58,6 +58,17 @@ pub struct TrainArgs {
     /// Output folder: adapter_config.json, adapter_model.safetensors, train_log.json.
     #[arg(long)]
     pub out: PathBuf,
+}
+
+/// Clap's check of a count that must be at least 1 (`--max-steps`, `--epochs`): 0 would train
+/// nothing (no step runs, so no adapter is written). Negative numbers reach it as values
+/// (`allow_negative_numbers`), so `-1` gets this message and not clap's "unexpected argument".
+fn at_least_one(value: &str) -> Result<usize, String> {
+    match value.trim().parse::<i128>() {
+        Ok(n) if n >= 1 => usize::try_from(n).map_err(|_| format!("{n} is too large")),
+        // Clap's line names the flag and the value: `invalid value '-1' for '--max-steps <N>'`.
+        _ => Err("expected a whole number >= 1 (0 would train nothing)".to_string()),
+    }
 }
 
 /// The recipe with the command line's overrides applied.

@@ -275,3 +275,51 @@ fn gpus_and_device_together_are_refused_naming_both() {
     assert_ne!(out.status.code(), Some(2), "{stderr}");
     assert!(!stderr.contains("cannot be used with"), "{stderr}");
 }
+
+/// `pspace train --max-steps -1` got clap's raw "unexpected argument '-1' found" (fresh-user
+/// probe): a count of steps or epochs below 1 (0 trains nothing) is refused naming the flag
+/// and the bound, exit 2, before anything is loaded.
+#[test]
+fn train_counts_below_one_say_a_whole_number_at_least_one() {
+    for (flag, value) in [
+        ("--max-steps", "-1"),
+        ("--max-steps", "0"),
+        ("--max-steps", "two"),
+        ("--epochs", "-3"),
+    ] {
+        let out = Command::new(pspace_bin())
+            .args(["train", "--model", "demo", "--data", "rows.jsonl", "--recipe", "em"])
+            .args(["--out", "never-written", flag, value])
+            .output()
+            .expect("run pspace");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "invalid value '{value}' for '{flag} <N>': expected a whole number >= 1"
+            )),
+            "{flag} {value}: {stderr}"
+        );
+    }
+}
+
+/// `--coordinator foo` said the coordinator was unreachable (fresh-user probe): a URL that
+/// does not parse is malformed, and the message gives the form expected.
+#[test]
+fn a_malformed_coordinator_url_says_so_and_the_form_expected() {
+    for command in [&["status"][..], &["health"][..], &["worker", "--give-up-after-s", "1"][..]] {
+        let out = Command::new(pspace_bin())
+            .args(command)
+            .args(["--coordinator", "foo"])
+            .output()
+            .expect("run pspace");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{command:?}: {stderr}");
+        assert!(
+            stderr.contains("coordinator foo: malformed URL")
+                && stderr.contains("expected http://HOST:PORT")
+                && !stderr.contains("unreachable"),
+            "{command:?}: {stderr}"
+        );
+    }
+}

@@ -443,3 +443,15 @@ fn a_ready_task_that_failed_or_whose_spec_changed_says_why() {
         .unwrap_or_else(|| panic!("no train_coupling line:\n{stdout}"));
     assert!(line.contains("ready (failed 1x: coupling: "), "{line}");
 }
+
+/// A read-only status printed `hashed 1.2 MB of model and data files ...` where no run had kept
+/// the digests (fresh-user probe): it hashes what it must and says nothing of it.
+#[test]
+fn status_keeps_quiet_about_hashing() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = tiny_spec_with_seeds(dir.path(), &[42]);
+    let (code, stdout, stderr) = status(&spec, &dir.path().join("store"), &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("hashed"), "{stderr}");
+    assert!(!stdout.contains("hashed"), "{stdout}");
+}

@@ -439,6 +439,52 @@ pub struct RemoteClient {
     stub: Stub<InterceptedService<Channel, ClientAuth>>,
 }
 
+/// Whether `endpoint` has the form of a coordinator's URL: `http://` or `https://`, a host
+/// (a name, an IPv4 address or a bracketed IPv6 one), an optional `:PORT`, nothing after but
+/// an optional `/`. The channel would take `foo` or `localhost:50051` and fail every call,
+/// reported as an unreachable coordinator, which sent the user looking for a network problem.
+fn well_formed(endpoint: &str) -> Result<(), String> {
+    let malformed = |why: &str| {
+        format!(
+            "malformed URL ({why}): expected http://HOST:PORT, or https://HOST:PORT for a TLS \
+             coordinator (e.g. http://127.0.0.1:50051)"
+        )
+    };
+    let Some((scheme, rest)) = endpoint.split_once("://") else {
+        return Err(malformed("no http:// or https://"));
+    };
+    if scheme != "http" && scheme != "https" {
+        return Err(malformed(&format!("scheme {scheme:?}")));
+    }
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains(['/', '?', '#', '@']) {
+        return Err(malformed("more than a host and a port"));
+    }
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((host, "")) => (host, None),
+            Some((host, tail)) => match tail.strip_prefix(':') {
+                Some(port) => (host, Some(port)),
+                None => return Err(malformed("text after the IPv6 address")),
+            },
+            None => return Err(malformed("an unclosed [")),
+        },
+        None => match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty() {
+        return Err(malformed("no host"));
+    }
+    if let Some(port) = port {
+        if port.parse::<u16>().is_err() {
+            return Err(malformed(&format!("port {port:?} is not a number up to 65535")));
+        }
+    }
+    Ok(())
+}
+
 /// A client of the coordinator at `endpoint` (`http://HOST:PORT`, or `https://HOST:PORT` for a
 /// TLS coordinator); nothing is connected until the first call.
 pub fn client(endpoint: &str, security: &ClientSecurity) -> Result<RemoteClient, TransportError> {
@@ -446,6 +492,7 @@ pub fn client(endpoint: &str, security: &ClientSecurity) -> Result<RemoteClient,
         endpoint: endpoint.to_string(),
         message,
     };
+    well_formed(endpoint).map_err(config)?;
     security.check(endpoint).map_err(|e| config(e.to_string()))?;
     let mut ep = Endpoint::from_shared(endpoint.to_string())
         .map_err(|e| {
@@ -650,5 +697,44 @@ impl RemoteClient {
             .await;
         let reply = r.map(Response::into_inner).map_err(|s| self.error("health", s))?;
         Ok(reply.status == WireServingStatus::Serving as i32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--coordinator foo` was reported as an unreachable coordinator (fresh-user probe): a URL
+    /// that does not have the form is refused as malformed, saying the form expected.
+    #[test]
+    fn a_coordinator_url_that_does_not_parse_is_malformed_not_unreachable() {
+        for good in [
+            "http://127.0.0.1:50051",
+            "https://coordinator:50051/",
+            "http://[::1]:50051",
+            "http://localhost",
+        ] {
+            assert_eq!(well_formed(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "foo",
+            "localhost:50051",
+            "ftp://x:1",
+            "http://",
+            "http://x:port",
+            "http://x:70000",
+            "http://x:1/path",
+            "http://[::1",
+        ] {
+            let error = match client(bad, &ClientSecurity::default()) {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("{bad} was taken"),
+            };
+            assert!(
+                error.starts_with(&format!("coordinator {bad}: malformed URL ("))
+                    && error.contains("expected http://HOST:PORT"),
+                "{bad}: {error}"
+            );
+        }
     }
 }
