@@ -12,8 +12,8 @@ use crate::executor::{Progress, StageError};
 use crate::spec::{Coupling, Recipe, TrainingSet};
 use pspace_engine::model::{Model, Proj};
 use pspace_engine::tokenizer::ChatTokenizer;
-use pspace_engine::train::run::RunError;
 use pspace_engine::train::data::build_examples;
+use pspace_engine::train::run::RunError;
 use pspace_engine::train::{run_sft, DataReport, LabelMode, Message, Row, SftConfig};
 use std::path::Path;
 
@@ -330,9 +330,7 @@ fn shortfall_message(key: &str, s: &Shortfall) -> String {
     );
     let advice = match (raise_max_len(key, s.max_len, &s.cut), others) {
         (Some(raise), 0) => raise,
-        (Some(raise), _) => format!(
-            "{raise}; the other {others} cannot be used at any length: {allow}"
-        ),
+        (Some(raise), _) => format!("{raise}; the other {others} cannot be used at any length: {allow}"),
         (None, _) => allow,
     };
     format!("{what}: {advice}; the data report is in {}", s.log.display())

@@ -288,7 +288,15 @@ fn train_counts_below_one_say_a_whole_number_at_least_one() {
         ("--epochs", "-3"),
     ] {
         let out = Command::new(pspace_bin())
-            .args(["train", "--model", "demo", "--data", "rows.jsonl", "--recipe", "em"])
+            .args([
+                "train",
+                "--model",
+                "demo",
+                "--data",
+                "rows.jsonl",
+                "--recipe",
+                "em",
+            ])
             .args(["--out", "never-written", flag, value])
             .output()
             .expect("run pspace");
@@ -307,7 +315,11 @@ fn train_counts_below_one_say_a_whole_number_at_least_one() {
 /// does not parse is malformed, and the message gives the form expected.
 #[test]
 fn a_malformed_coordinator_url_says_so_and_the_form_expected() {
-    for command in [&["status"][..], &["health"][..], &["worker", "--give-up-after-s", "1"][..]] {
+    for command in [
+        &["status"][..],
+        &["health"][..],
+        &["worker", "--give-up-after-s", "1"][..],
+    ] {
         let out = Command::new(pspace_bin())
             .args(command)
             .args(["--coordinator", "foo"])

@@ -141,8 +141,14 @@ fn a_failed_run_says_it_failed_and_its_error_once() {
     let spec = pspace_tests::cluster::tiny_spec_with_seeds(dir.path(), &[42]);
     let text = std::fs::read_to_string(&spec).unwrap();
     // The coupling's max_len (the last of the three): 256 cuts the confab positives to nothing.
-    let at = text.rfind("max_len = 1024\n").expect("the coupling's max_len line moved");
-    std::fs::write(&spec, format!("{}max_len = 256\n{}", &text[..at], &text[at + 15..])).unwrap();
+    let at = text
+        .rfind("max_len = 1024\n")
+        .expect("the coupling's max_len line moved");
+    std::fs::write(
+        &spec,
+        format!("{}max_len = 256\n{}", &text[..at], &text[at + 15..]),
+    )
+    .unwrap();
     let store = dir.path().join("store");
     let out = Command::new(pspace_bin())
         .arg("run")
@@ -168,7 +174,11 @@ fn a_failed_run_says_it_failed_and_its_error_once() {
         .unwrap_or_else(|| panic!("no error in:\n{stderr}"));
     let cause = "rows cannot be trained on (nothing left to learn after truncation";
     assert!(error.contains(cause), "{error}");
-    assert_eq!(stderr.matches(cause).count(), 1, "the error is said more than once:\n{stderr}");
+    assert_eq!(
+        stderr.matches(cause).count(),
+        1,
+        "the error is said more than once:\n{stderr}"
+    );
     assert!(
         error.contains("max_len = 256 cut ") && error.contains("raise max_len in [coupling] to at least "),
         "{error}"

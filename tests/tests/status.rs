@@ -313,7 +313,9 @@ fn status_of_a_store_folder_that_does_not_exist_yet_lists_the_plan() {
         "{stdout}"
     );
     assert!(
-        stdout.lines().any(|l| l.split_whitespace().take(2).eq(["42/extract/base", "ready"])),
+        stdout
+            .lines()
+            .any(|l| l.split_whitespace().take(2).eq(["42/extract/base", "ready"])),
         "{stdout}"
     );
     assert!(stdout.contains("tasks: 0 of "), "{stdout}");
@@ -342,7 +344,9 @@ fn tiny_spec_with(dir: &Path, from: &str, to: &str) -> PathBuf {
 
 /// The `pspace: error:` part of a failed command's stderr (from that line to the end).
 fn error_part(stderr: &str) -> &str {
-    &stderr[stderr.find("pspace: error:").unwrap_or_else(|| panic!("no error in:\n{stderr}"))..]
+    &stderr[stderr
+        .find("pspace: error:")
+        .unwrap_or_else(|| panic!("no error in:\n{stderr}"))..]
 }
 
 /// A spec whose data file is missing: status failed on it without naming the file's key or
@@ -417,24 +421,37 @@ fn a_ready_task_that_failed_or_whose_spec_changed_says_why() {
         line.contains("ready (spec changed: max_new_tokens 24 -> 20)"),
         "{line}"
     );
-    let rows: Vec<serde_json::Value> =
-        serde_json::from_str(&status(&spec, &store, &["--json"]).1).unwrap();
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&status(&spec, &store, &["--json"]).1).unwrap();
     let base = rows.iter().find(|r| r["task"] == "42/extract/base").unwrap();
     assert_eq!(base["reason"], "spec changed: max_new_tokens 24 -> 20", "{base}");
-    let never = rows.iter().find(|r| r["task"] == "42/train_em/E0_assistant").unwrap();
+    let never = rows
+        .iter()
+        .find(|r| r["task"] == "42/train_em/E0_assistant")
+        .unwrap();
     assert_eq!(never["reason"], serde_json::Value::Null, "{never}");
 
     // A deterministic failure: max_len 256 cuts the coupling's positives to nothing.
     let text = std::fs::read_to_string(&spec).unwrap();
-    let at = text.rfind("max_len = 1024\n").expect("the coupling's max_len line moved");
-    std::fs::write(&spec, format!("{}max_len = 256\n{}", &text[..at], &text[at + 15..])).unwrap();
+    let at = text
+        .rfind("max_len = 1024\n")
+        .expect("the coupling's max_len line moved");
+    std::fs::write(
+        &spec,
+        format!("{}max_len = 256\n{}", &text[..at], &text[at + 15..]),
+    )
+    .unwrap();
     let out = Command::new(pspace_bin())
         .args(["run", "--only", "train_coupling/E0_assistant", "--store"])
         .arg(&store)
         .arg(&spec)
         .output()
         .expect("run pspace");
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (code, stdout, stderr) = status(&spec, &store, &[]);
     assert_eq!(code, Some(0), "{stderr}");
     let line = stdout

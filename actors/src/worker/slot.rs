@@ -288,10 +288,7 @@ async fn run_lease(state: &mut SlotState, lease: Lease, carrier: &TraceCarrier) 
                     }
                     complete_reply::Status::Recorded => {
                         if reply.message.starts_with(crate::coordinator::RUN_FAILED) {
-                            eprintln!(
-                                "worker {worker_id}: {} failed, and the run with it",
-                                lease.task
-                            )
+                            eprintln!("worker {worker_id}: {} failed, and the run with it", lease.task)
                         } else {
                             eprintln!("worker {worker_id}: {} failed: {}", lease.task, reply.message)
                         }
