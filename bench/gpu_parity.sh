@@ -24,13 +24,14 @@ if [ -x .bench/engine_lib_tests ]; then
   # settles whether CUDA exists at its first call that asks, so a CPU test running first in the
   # same process would leave CUDA unseen and the test passing without checking anything.
   cuda_lib=${PSPACE_LIBTORCH_LIB:-}/../../nvidia/cu13/lib
-  for t in masked_and_causal_attention_match_the_written_out_formula \
-           flash_varlen_attention_matches_the_padded_kernel_on_cuda; do
+  for t in model::tests::masked_and_causal_attention_match_the_written_out_formula \
+           model::tests::flash_varlen_attention_matches_the_padded_kernel_on_cuda \
+           generate::tests::aligned_decoding_matches_unaligned_decoding_on_cuda; do
     LD_LIBRARY_PATH=${PSPACE_LIBTORCH_LIB:-}:$cuda_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
-      .bench/engine_lib_tests "model::tests::$t" --exact --nocapture > "$work/$t.log" 2>&1
+      .bench/engine_lib_tests "$t" --exact --nocapture > "$work/${t##*::}.log" 2>&1
     rc=$?
-    grep -E "checked|test result|panicked|differs" "$work/$t.log"
-    [ $rc = 0 ] && grep -q "checked on Cuda" "$work/$t.log" || { echo "$t: failed or did not run on CUDA"; exit 1; }
+    grep -E "checked|test result|panicked|differs" "$work/${t##*::}.log"
+    [ $rc = 0 ] && grep -q "checked on Cuda" "$work/${t##*::}.log" || { echo "$t: failed or did not run on CUDA"; exit 1; }
   done
 fi
 

@@ -953,7 +953,7 @@ mod tests {
         };
         let layers = [0usize, 1];
         let plain = generate_with_states(&model, &prompts, &params, &layers, &mut |_| {}).unwrap();
-        let aligned = crate::model::with_decode_alignment_on_cpu(|| {
+        let aligned = crate::model::with_decode_alignment(true, || {
             generate_with_states(&model, &prompts, &params, &layers, &mut |_| {}).unwrap()
         });
         assert_eq!(plain.0, aligned.0);
@@ -962,6 +962,50 @@ mod tests {
             assert!(a.allclose(b, 1e-5, 1e-6, false), "{}", (a - b).abs().max());
             assert!(a.abs().sum(Kind::Float).double_value(&[]) > 0.0);
         }
+    }
+
+    /// On CUDA, where decoding pads the keys by default: the same greedy tokens and captured
+    /// states with the padding switched off (f32 on the tiny fixture with its real tokenizer
+    /// ids, prompts of different lengths, rows leaving and refills). Run alone on the GPU
+    /// machine by bench/gpu_parity.sh (libtorch settles whether CUDA exists at its first call).
+    #[test]
+    fn aligned_decoding_matches_unaligned_decoding_on_cuda() {
+        let cuda = match crate::device::Device::Cuda(0).activate() {
+            Ok(cuda) => cuda,
+            Err(e) => {
+                eprintln!("aligned decoding not checked on CUDA: {e}");
+                return;
+            }
+        };
+        let model = RandomModel::parse("random:tiny@4")
+            .unwrap()
+            .unwrap()
+            .build(cuda, Kind::Float)
+            .unwrap();
+        let prompts: Vec<Vec<i64>> = (0..9)
+            .map(|i| (0..(2 + 3 * i)).map(|t| 11 + 7 * t + i).collect())
+            .collect();
+        let params = SamplingParams {
+            max_new_tokens: 21,
+            temperature: 0.0,
+            max_batch: 4,
+            end_lengths: Some(EndLengths {
+                mean: 11.0,
+                sigma: 0.5,
+                seed: 2,
+            }),
+            ..Default::default()
+        };
+        let layers = [0usize, 1];
+        let aligned = generate_with_states(&model, &prompts, &params, &layers, &mut |_| {}).unwrap();
+        let plain = crate::model::with_decode_alignment(false, || {
+            generate_with_states(&model, &prompts, &params, &layers, &mut |_| {}).unwrap()
+        });
+        assert_eq!(plain.0, aligned.0);
+        for (a, b) in plain.1.response_mean.iter().zip(&aligned.1.response_mean) {
+            assert!(a.allclose(b, 1e-4, 1e-5, false), "{}", (a - b).abs().max());
+        }
+        eprintln!("aligned decoding checked on {cuda:?}");
     }
 
     /// A cache buffer holds zeros from its filled length on, whatever happened to it: the

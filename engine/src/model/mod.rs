@@ -127,21 +127,22 @@ impl LayerKv {
 const DECODE_KEY_MULTIPLE: i64 = 8;
 
 thread_local! {
-    /// Tests: pad decoding's keys on the CPU too, so the padded path runs where tests run.
-    static ALIGN_DECODE_ON_CPU: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Tests: decoding's key padding forced on (the CUDA path's layout on the CPU) or off (the
+    /// unaligned path on CUDA, to compare the two there).
+    static DECODE_ALIGNMENT: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
 }
 
 /// Whether a decoding step on `device` reads the cache padded to `DECODE_KEY_MULTIPLE`.
 fn aligns_decode_keys(device: tch::Device) -> bool {
-    device.is_cuda() || ALIGN_DECODE_ON_CPU.with(|c| c.get())
+    DECODE_ALIGNMENT.with(|c| c.get()).unwrap_or(device.is_cuda())
 }
 
-/// Runs `f` with decoding's key padding on the CPU too (tests of the CUDA path's layout).
+/// Runs `f` with decoding's key padding switched on or off on every device (tests).
 #[cfg(test)]
-pub(crate) fn with_decode_alignment_on_cpu<R>(f: impl FnOnce() -> R) -> R {
-    ALIGN_DECODE_ON_CPU.with(|c| c.set(true));
+pub(crate) fn with_decode_alignment<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    DECODE_ALIGNMENT.with(|c| c.set(Some(on)));
     let out = f();
-    ALIGN_DECODE_ON_CPU.with(|c| c.set(false));
+    DECODE_ALIGNMENT.with(|c| c.set(None));
     out
 }
 
