@@ -138,11 +138,12 @@ for path in glob.glob(os.path.join(store, "**", "manifest.json"), recursive=True
         tasks[f"{m['kind']}/{m['label']}"] = {"start_unix_s": m["started_unix_ms"] / 1000,
                                               "finish_unix_s": m["finished_unix_ms"] / 1000,
                                               "seconds": round(seconds, 1)}
-samples = {}
+samples, memory = {}, {}
 for line in open(store + ".smi.csv") if os.path.exists(store + ".smi.csv") else []:
     parts = line.strip().split(",")
     try:
         samples.setdefault(int(parts[1]), []).append(float(parts[2]))
+        memory.setdefault(int(parts[1]), []).append(float(parts[3]))
     except (ValueError, IndexError):
         pass
 by_kind = {}
@@ -162,7 +163,8 @@ out = {
     "one_gpu_s": round(sum(t["seconds"] for t in tasks.values()), 1),
     "by_kind": by_kind,
     "gpu_busy": {str(g): {"busy_share": round(sum(u > 10 for u in us) / len(us), 3),
-                          "mean_util_pct": round(sum(us) / len(us), 1), "samples": len(us)}
+                          "mean_util_pct": round(sum(us) / len(us), 1), "samples": len(us),
+                          "peak_memory_used_mib": max(memory.get(g, [0.0]))}
                  for g, us in sorted(samples.items())},
     "tasks": dict(sorted(tasks.items(), key=lambda kv: kv[1]["start_unix_s"])),
 }
