@@ -42,6 +42,8 @@ fn message(raw: *mut c_char) -> Option<String> {
 /// profiler and writes nothing.
 pub struct KernelTrace {
     finished: bool,
+    /// Not Send: libtorch's profiler state belongs to the thread that started it.
+    _thread_bound: std::marker::PhantomData<*const ()>,
 }
 
 impl KernelTrace {
@@ -52,7 +54,10 @@ impl KernelTrace {
         // SAFETY: no pointers cross; the shim catches every C++ exception.
         match message(unsafe { pspace_kernel_trace_start(i32::from(cuda)) }) {
             Some(m) => Err(TraceError::Start(m)),
-            None => Ok(KernelTrace { finished: false }),
+            None => Ok(KernelTrace {
+                finished: false,
+                _thread_bound: std::marker::PhantomData,
+            }),
         }
     }
 
@@ -60,9 +65,11 @@ impl KernelTrace {
     ///
     /// Errors: [`TraceError::Stop`] when the trace cannot be written there.
     pub fn finish(mut self, path: &Path) -> Result<(), TraceError> {
-        self.finished = true;
+        // A path that cannot cross is refused before the profiler is stopped; dropping `self`
+        // then stops it.
         let c_path = CString::new(path.as_os_str().as_encoded_bytes())
             .map_err(|_| TraceError::Path(path.to_path_buf()))?;
+        self.finished = true;
         // SAFETY: c_path outlives the call; the shim catches every C++ exception.
         match message(unsafe { pspace_kernel_trace_stop(c_path.as_ptr()) }) {
             Some(m) => Err(TraceError::Stop {

@@ -832,6 +832,37 @@ mod tests {
         );
     }
 
+    /// Training through the stacked Gate/Up path with only one of them adapted: the update is
+    /// added in place to that member's part of the batched output, which must be a view autograd
+    /// lets change (unbind's parts are not: this panicked), and the gradient reaches the adapter.
+    #[test]
+    fn a_stacked_group_with_one_adapted_member_trains() {
+        let model = tiny();
+        let inter = model.projection_weight(0, Proj::Gate).size()[0];
+        let hidden = model.projection_weight(0, Proj::Gate).size()[1];
+        let lora = Lora::init(&model, config(vec![Proj::Up], false), 2).unwrap();
+        lora.set_trainable(true);
+        {
+            let _guard = tch::no_grad_guard();
+            let _ = lora.flat().fill_(0.1);
+        }
+        let x = Tensor::randn([6, hidden], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+        let pair = Tensor::stack(&[&x, &x], 0);
+        let w = Tensor::randn([2, hidden, inter], (Kind::Float, tch::Device::Cpu));
+        let base = pair.bmm(&w);
+        let layer = lora.layer(0, Kind::Float, true).unwrap();
+        let out = layer.add_stacked(&[Proj::Gate, Proj::Up], &pair, base);
+        out.sum(Kind::Float).backward();
+        let grad = lora.flat_grad();
+        assert!(
+            grad.abs().sum(Kind::Float).double_value(&[]) > 0.0,
+            "no gradient reached Up's adapter"
+        );
+        // Gate is not adapted: its part is the base output unchanged.
+        let gate = pair.get(0).matmul(&w.get(0));
+        assert!(out.get(0).allclose(&gate, 1e-5, 1e-5, false));
+    }
+
     #[test]
     fn bad_configs_are_refused() {
         let model = tiny();

@@ -93,18 +93,20 @@ pub fn add_stacked_one_by_one<A: LayerAdapter + ?Sized>(
     base: Tensor,
 ) -> Tensor {
     let width = base.size()[2];
-    let parts: Vec<Tensor> = base
-        .unbind(0)
-        .into_iter()
-        .zip(group)
+    // Members by `get` (one view each), not `unbind`: `add` may update its part in place, and
+    // autograd refuses in-place updates of a multi-output view such as unbind's when the base
+    // requires grad (a training pass that adapts only one of Gate and Up failed so).
+    let parts: Vec<Tensor> = group
+        .iter()
         .enumerate()
-        .map(|(i, (part, p))| {
+        .map(|(i, p)| {
+            let i = i as i64;
             let rows = if input.dim() == 3 {
-                input.get(i as i64)
+                input.get(i)
             } else {
                 input.shallow_clone()
             };
-            adapter.add(&[*p], &[width], &rows, part)
+            adapter.add(&[*p], &[width], &rows, base.get(i))
         })
         .collect();
     Tensor::stack(&parts, 0)
