@@ -282,7 +282,7 @@ impl CoordinatorState {
                     .iter()
                     .filter_map(|(k, input)| Some((input.clone(), self.committed.get(k)?.clone())))
                     .collect();
-                let attempt = format!("a{}-{:08x}", grant.lease.attempt, grant.lease.nonce as u32);
+                let attempt = crate::store::attempt_name(grant.lease.attempt, grant.lease.nonce);
                 let job = Job {
                     seed: entry.seed,
                     task: task.clone(),
@@ -538,6 +538,12 @@ impl CoordinatorState {
             message,
         };
         if let Err(refusal) = self.scheduler.check_completion(lease, unix_ms()) {
+            // A late report of a task another attempt committed: its outputs are in the store
+            // by now (a worker uploads before it reports) and no manifest will name them.
+            if let Some(done) = self.committed.get(&lease.task) {
+                let (dir, keep) = (done.dir.clone(), done.manifest.attempt.clone());
+                self.remove_other_attempts(&dir, &keep).await;
+            }
             return Ok(reply(complete_reply::Status::Refused, refusal.to_string()));
         }
         let Some(out) = self.leases.get(lease_id) else {
@@ -561,6 +567,8 @@ impl CoordinatorState {
             CommitOutcome::Committed => (complete_reply::Status::Committed, manifest),
             CommitOutcome::Lost(there) => (complete_reply::Status::Lost, there),
         };
+        // Whichever attempt won, the others' outputs (lost leases, killed workers) go.
+        self.remove_other_attempts(&dir, &manifest.attempt).await;
         let digest = manifest_digest(&manifest);
         if let Err(refusal) = self.scheduler.committed(
             lease,
@@ -585,6 +593,18 @@ impl CoordinatorState {
         self.record_commit(&lease.task, &task_id, dir, manifest, Some(granted_ms));
         self.settle().await?;
         Ok(reply(status, String::new()))
+    }
+
+    /// Deletes the outputs that attempts other than the committed one (`keep`) left in the
+    /// task folder `dir` (`Store::remove_other_attempts`); a failure is logged, never the
+    /// commit's. Inline, not spawned: one listing of the task folder per commit (and deletions
+    /// only where an attempt was lost), and a run's last commit must not exit before it.
+    async fn remove_other_attempts(&self, dir: &str, keep: &str) {
+        match self.config.store.remove_other_attempts(dir, keep).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("{dir}: removed {n} objects of attempts other than {keep}"),
+            Err(e) => tracing::warn!("{dir}: cannot remove other attempts' outputs: {e}"),
+        }
     }
 
     /// Expires the leases past their deadline (their tasks go back with attempt + 1).

@@ -56,6 +56,23 @@ pub fn manifest_key(task_dir: &str) -> String {
     format!("{task_dir}/manifest.json")
 }
 
+/// The folder an attempt's outputs go to inside the task folder: `a<attempt>-<nonce, 8 hex>`
+/// (the coordinator's grant; the nonce keeps two grants of one attempt number apart).
+pub fn attempt_name(attempt: u32, nonce: u64) -> String {
+    format!("a{attempt}-{:08x}", nonce as u32)
+}
+
+/// Whether `name` has the form [`attempt_name`] gives.
+pub fn is_attempt_name(name: &str) -> bool {
+    let Some((number, nonce)) = name.strip_prefix('a').and_then(|rest| rest.split_once('-')) else {
+        return false;
+    };
+    !number.is_empty()
+        && number.bytes().all(|b| b.is_ascii_digit())
+        && nonce.len() == 8
+        && nonce.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 impl Manifest {
     /// The store key of output `name` of the task committed in `task_dir`:
     /// `<task_dir>/<attempt>/<name>`, or `<task_dir>/<name>` when `attempt` is empty.
@@ -92,6 +109,34 @@ impl Store {
         let key = manifest_key(task_dir);
         self.put(&key, manifest.to_json(&key)?).await?;
         Ok(())
+    }
+
+    /// Deletes what attempts other than `keep` (the committed attempt) left under the task
+    /// folder `task_dir`: the outputs of a worker that lost its lease, was cut off or was killed
+    /// before its commit, which no manifest will ever name. Only folders named as attempts
+    /// ([`is_attempt_name`]) are touched; the manifest and `keep`'s outputs stay. With `keep`
+    /// empty (outputs directly in the task folder, `pspace run`) nothing is deleted. An attempt
+    /// still uploading when this runs can leave objects behind; the next call removes them.
+    /// Returns how many objects were deleted.
+    ///
+    /// Errors: the listing's or a deletion's [`StoreError`]; the objects deleted before it stay
+    /// deleted.
+    pub async fn remove_other_attempts(&self, task_dir: &str, keep: &str) -> Result<usize, StoreError> {
+        if keep.is_empty() {
+            return Ok(0);
+        }
+        let prefix = format!("{}/", task_dir.trim_end_matches('/'));
+        let mut removed = 0;
+        for key in self.list(task_dir).await? {
+            let Some((folder, _)) = key.strip_prefix(&prefix).and_then(|rest| rest.split_once('/')) else {
+                continue;
+            };
+            if folder != keep && is_attempt_name(folder) {
+                self.delete(&key).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Commits `manifest` for `task_dir` only if no attempt has: [`CommitOutcome::Committed`],
@@ -247,6 +292,59 @@ mod tests {
         for absent in ["attempt", "sizes", "e_tags"] {
             assert!(!json.contains(absent), "{json}");
         }
+    }
+
+    #[test]
+    fn attempt_names_are_recognised() {
+        assert_eq!(attempt_name(3, 0x1_9f2c_0a1b), "a3-9f2c0a1b");
+        assert!(is_attempt_name(&attempt_name(12, 7)));
+        for other in [
+            "",
+            "a",
+            "a3",
+            "a3-",
+            "a-9f2c0a1b",
+            "ax-9f2c0a1b",
+            "a3-9f2c0a1",
+            "a3-9f2c0a1bc",
+            "a3-9f2c0a1g",
+            "adapter",
+            "b3-9f2c0a1b",
+        ] {
+            assert!(!is_attempt_name(other), "{other:?}");
+        }
+    }
+
+    /// The losing attempts' objects go; the manifest, the committed attempt's outputs and
+    /// anything not named as an attempt stay; another task folder is not touched.
+    #[tokio::test]
+    async fn other_attempts_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::local(dir.path()).unwrap();
+        let task = "run/42/extract/t1";
+        let keys = [
+            format!("{task}/manifest.json"),
+            format!("{task}/a2-0000beef/A.safetensors"),
+            format!("{task}/a2-0000beef/adapter/adapter_model.safetensors"),
+            format!("{task}/a1-0000abcd/A.safetensors"),
+            format!("{task}/a1-0000abcd/adapter/adapter_config.json"),
+            format!("{task}/a3-00000001/partial.bin"),
+            format!("{task}/notes/readme.txt"),
+            "run/42/extract/t10/a1-0000abcd/A.safetensors".to_string(),
+        ];
+        for k in &keys {
+            store.put(k, b"x".to_vec()).await.unwrap();
+        }
+        assert_eq!(store.remove_other_attempts(task, "").await.unwrap(), 0);
+        assert_eq!(store.remove_other_attempts(task, "a2-0000beef").await.unwrap(), 3);
+        let left = store.list("run").await.unwrap();
+        let want: Vec<String> = [&keys[0], &keys[1], &keys[2], &keys[6], &keys[7]]
+            .into_iter()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(left, want);
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub mod manifest;
 pub mod transfer;
 
 pub use conditional::Created;
-pub use manifest::{CommitOutcome, Manifest};
+pub use manifest::{attempt_name, is_attempt_name, CommitOutcome, Manifest};
 pub use transfer::Uploaded;
 
 use bytes::Bytes;
