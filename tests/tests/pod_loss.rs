@@ -101,7 +101,17 @@ fn a_run_survives_killed_stalled_and_restarted_processes() {
             };
             let (task, lease) = lease_of(&status, &workers[i].name).unwrap();
             workers[i].signal(libc::SIGSTOP);
-            std::thread::sleep(Duration::from_millis(4_000)); // past its 1.5 s lease
+            // The status is a moment old: a worker that was already reporting its task when it
+            // stopped commits it all the same. Only a stop whose lease is still out counts.
+            std::thread::sleep(Duration::from_millis(300));
+            let still_out = status_json(port)
+                .and_then(|s| lease_of(&s, &workers[i].name))
+                .is_some_and(|(_, l)| l == lease);
+            if !still_out {
+                workers[i].signal(libc::SIGCONT);
+                continue;
+            }
+            std::thread::sleep(Duration::from_millis(3_700)); // past its 1.5 s lease
             workers[i].signal(libc::SIGCONT);
             stalled_lease = Some((workers[i].name.clone(), task, lease));
             stalled = true;
