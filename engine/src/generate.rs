@@ -926,36 +926,51 @@ mod tests {
         );
     }
 
-    /// Decoding reads the cache padded to an aligned key count on CUDA (zero keys and values
-    /// behind -inf mask columns); here on the CPU, against the unpadded path: the same greedy
-    /// tokens and the same captured states, over prompts of different lengths (left padding),
-    /// rows leaving the batch and refills (`max_batch` < prompts).
-    #[test]
-    fn decoding_over_an_aligned_key_window_changes_nothing() {
+    /// Greedy generation with captured states on the tiny random model in f32, once with
+    /// decoding's key padding off and once on: `prompts` prompts of different lengths, rows
+    /// ending at drawn lengths around `mean` and leaving a batch of `max_batch` (refills).
+    fn greedy_without_and_with_alignment(
+        device: Device,
+        prompts: i64,
+        max_new_tokens: usize,
+        max_batch: usize,
+        mean: f64,
+    ) -> ((Vec<Generation>, States), (Vec<Generation>, States)) {
         let model = RandomModel::parse("random:tiny@4")
             .unwrap()
             .unwrap()
-            .build(Device::Cpu, Kind::Float)
+            .build(device, Kind::Float)
             .unwrap();
-        let prompts: Vec<Vec<i64>> = (0..7)
+        let prompts: Vec<Vec<i64>> = (0..prompts)
             .map(|i| (0..(2 + 3 * i)).map(|t| 11 + 7 * t + i).collect())
             .collect();
         let params = SamplingParams {
-            max_new_tokens: 13,
+            max_new_tokens,
             temperature: 0.0,
-            max_batch: 3,
+            max_batch,
             end_lengths: Some(EndLengths {
-                mean: 7.0,
+                mean,
                 sigma: 0.5,
                 seed: 2,
             }),
             ..Default::default()
         };
         let layers = [0usize, 1];
-        let plain = generate_with_states(&model, &prompts, &params, &layers, &mut |_| {}).unwrap();
-        let aligned = crate::model::with_decode_alignment(true, || {
-            generate_with_states(&model, &prompts, &params, &layers, &mut |_| {}).unwrap()
-        });
+        let run = |on: bool| {
+            crate::model::with_decode_alignment(on, || {
+                generate_with_states(&model, &prompts, &params, &layers, &mut |_| {}).unwrap()
+            })
+        };
+        (run(false), run(true))
+    }
+
+    /// Decoding reads the cache padded to an aligned key count on CUDA (zero keys and values
+    /// behind -inf mask columns); here on the CPU, against the unpadded path: the same greedy
+    /// tokens and the same captured states, over prompts of different lengths (left padding),
+    /// rows leaving the batch and refills (`max_batch` < prompts).
+    #[test]
+    fn decoding_over_an_aligned_key_window_changes_nothing() {
+        let (plain, aligned) = greedy_without_and_with_alignment(Device::Cpu, 7, 13, 3, 7.0);
         assert_eq!(plain.0, aligned.0);
         assert!(plain.0.iter().any(|g| g.tokens.len() > 4), "decoding steps ran");
         for (a, b) in plain.1.response_mean.iter().zip(&aligned.1.response_mean) {
@@ -977,30 +992,7 @@ mod tests {
                 return;
             }
         };
-        let model = RandomModel::parse("random:tiny@4")
-            .unwrap()
-            .unwrap()
-            .build(cuda, Kind::Float)
-            .unwrap();
-        let prompts: Vec<Vec<i64>> = (0..9)
-            .map(|i| (0..(2 + 3 * i)).map(|t| 11 + 7 * t + i).collect())
-            .collect();
-        let params = SamplingParams {
-            max_new_tokens: 21,
-            temperature: 0.0,
-            max_batch: 4,
-            end_lengths: Some(EndLengths {
-                mean: 11.0,
-                sigma: 0.5,
-                seed: 2,
-            }),
-            ..Default::default()
-        };
-        let layers = [0usize, 1];
-        let aligned = generate_with_states(&model, &prompts, &params, &layers, &mut |_| {}).unwrap();
-        let plain = crate::model::with_decode_alignment(false, || {
-            generate_with_states(&model, &prompts, &params, &layers, &mut |_| {}).unwrap()
-        });
+        let (plain, aligned) = greedy_without_and_with_alignment(cuda, 9, 21, 4, 11.0);
         assert_eq!(plain.0, aligned.0);
         for (a, b) in plain.1.response_mean.iter().zip(&aligned.1.response_mean) {
             assert!(a.allclose(b, 1e-4, 1e-5, false), "{}", (a - b).abs().max());

@@ -321,6 +321,16 @@ pub fn result_paths(stdout: &str) -> Vec<String> {
         .collect()
 }
 
+/// Edits the spec file in place: the first (or, with `last`, the last) occurrence of `from`
+/// becomes `to`. Panics naming `from` when the spec no longer holds it (a test fixture moved).
+pub fn edit_spec(spec: &Path, from: &str, to: &str, last: bool) {
+    let text = std::fs::read_to_string(spec).unwrap();
+    let at = if last { text.rfind(from) } else { text.find(from) };
+    let at = at.unwrap_or_else(|| panic!("the tiny spec no longer holds {from:?}"));
+    let edited = format!("{}{to}{}", &text[..at], &text[at + from.len()..]);
+    std::fs::write(spec, edited).unwrap();
+}
+
 /// Every manifest.json under a local store folder: task folder (relative) -> manifest.
 pub fn manifests(store: &Path) -> std::collections::BTreeMap<String, serde_json::Value> {
     let mut found = std::collections::BTreeMap::new();

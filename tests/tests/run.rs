@@ -139,16 +139,8 @@ fn a_run_commits_every_task_resumes_and_is_reproducible() {
 fn a_failed_run_says_it_failed_and_its_error_once() {
     let dir = tempfile::tempdir().unwrap();
     let spec = pspace_tests::cluster::tiny_spec_with_seeds(dir.path(), &[42]);
-    let text = std::fs::read_to_string(&spec).unwrap();
     // The coupling's max_len (the last of the three): 256 cuts the confab positives to nothing.
-    let at = text
-        .rfind("max_len = 1024\n")
-        .expect("the coupling's max_len line moved");
-    std::fs::write(
-        &spec,
-        format!("{}max_len = 256\n{}", &text[..at], &text[at + 15..]),
-    )
-    .unwrap();
+    pspace_tests::cluster::edit_spec(&spec, "max_len = 1024\n", "max_len = 256\n", true);
     let store = dir.path().join("store");
     let out = Command::new(pspace_bin())
         .arg("run")

@@ -272,16 +272,7 @@ fn attempts_and_failures_belong_to_the_task_id_not_the_key() {
     );
     assert_eq!(before["failures"].as_array().unwrap().len(), 1, "{before}");
     // Another extraction length: another task under the same key, run once.
-    let text = std::fs::read_to_string(&spec).unwrap();
-    assert!(
-        text.contains("max_new_tokens = 24\n"),
-        "the tiny spec's extraction line moved"
-    );
-    std::fs::write(
-        &spec,
-        text.replacen("max_new_tokens = 24\n", "max_new_tokens = 20\n", 1),
-    )
-    .unwrap();
+    pspace_tests::cluster::edit_spec(&spec, "max_new_tokens = 24\n", "max_new_tokens = 20\n", false);
     run(None);
     let after = base();
     assert_eq!(after["state"], "committed", "{after}");
@@ -401,16 +392,7 @@ fn status_refuses_a_spec_that_run_refuses_with_the_same_error() {
 #[test]
 fn a_ready_task_that_failed_or_whose_spec_changed_says_why() {
     let (_dir, spec, store) = store_after_one_task();
-    let text = std::fs::read_to_string(&spec).unwrap();
-    assert!(
-        text.contains("max_new_tokens = 24\n"),
-        "the tiny spec's extraction line moved"
-    );
-    std::fs::write(
-        &spec,
-        text.replacen("max_new_tokens = 24\n", "max_new_tokens = 20\n", 1),
-    )
-    .unwrap();
+    pspace_tests::cluster::edit_spec(&spec, "max_new_tokens = 24\n", "max_new_tokens = 20\n", false);
     let (code, stdout, stderr) = status(&spec, &store, &[]);
     assert_eq!(code, Some(0), "{stderr}");
     let line = stdout
@@ -431,15 +413,7 @@ fn a_ready_task_that_failed_or_whose_spec_changed_says_why() {
     assert_eq!(never["reason"], serde_json::Value::Null, "{never}");
 
     // A deterministic failure: max_len 256 cuts the coupling's positives to nothing.
-    let text = std::fs::read_to_string(&spec).unwrap();
-    let at = text
-        .rfind("max_len = 1024\n")
-        .expect("the coupling's max_len line moved");
-    std::fs::write(
-        &spec,
-        format!("{}max_len = 256\n{}", &text[..at], &text[at + 15..]),
-    )
-    .unwrap();
+    pspace_tests::cluster::edit_spec(&spec, "max_len = 1024\n", "max_len = 256\n", true);
     let out = Command::new(pspace_bin())
         .args(["run", "--only", "train_coupling/E0_assistant", "--store"])
         .arg(&store)
