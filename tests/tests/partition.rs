@@ -5,7 +5,7 @@
 //! into the dead connection, must still reach the coordinator over a fresh one and be refused
 //! within the worker's report window (30 s here), never given up. A cut that cannot tell (the
 //! lease ended just before it, or the cancelled task outlived the worker's grace and nothing
-//! was reported) is repeated.
+//! was reported) is repeated on a fresh run.
 //!
 //! This is CI's `containers` failure on loopback and in seconds: before HTTP/2 keep-alive and
 //! per-call deadlines, the report waited 60 s on the dead connection, past the window, and the
@@ -17,8 +17,8 @@
 //! exited one lease after the end, and the cut-off worker found no coordinator and gave up).
 
 use pspace_tests::cluster::{
-    coordinator, free_port, lease_of, status_json, tiny_long_analysis_spec_with_seeds, tiny_spec_with_seeds,
-    worker, Proc,
+    coordinator, free_port, lease_of, status_json, tiny_long_analysis_spec_with_seeds,
+    tiny_long_eval_spec_with_seeds, worker, Proc,
 };
 use pspace_tests::partition::Partition;
 use std::time::{Duration, Instant};
@@ -45,19 +45,26 @@ enum Outcome {
 fn a_late_report_over_a_dead_connection_is_refused_within_the_window() {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let spec = tiny_spec_with_seeds(dir.path(), &[42]);
-    let port = free_port();
-    let mut coord = coordinator(&spec, dir.path().join("store").to_str().unwrap(), port, &[]);
-    let proxy = Partition::start(port);
-    let mut named = 1;
-    let mut w = worker("w1", proxy.port, &[]);
-    for _ in 0..5 {
-        if w.try_wait().is_some() {
-            named += 1;
-            w = worker(&format!("w{named}"), proxy.port, &[]);
-        }
+    // Cut while the worker holds a marker_eval task (about 10 s with this spec): the tiny
+    // spec's first tasks take a fraction of a second and often committed before the cut landed.
+    let spec = tiny_long_eval_spec_with_seeds(dir.path(), &[42]);
+    // Each try is a run of its own (coordinator, store, proxy, worker): an inconclusive cut can
+    // end the run or the worker, and the next try must not depend on what is left of it (CI,
+    // 2026-12-01: "a process ended before the cut" on the try after an inconclusive one).
+    for attempt in 1..=5 {
+        let port = free_port();
+        let store = dir.path().join(format!("store-{attempt}"));
+        let mut coord = coordinator(&spec, store.to_str().unwrap(), port, &[]);
+        let proxy = Partition::start(port);
+        let mut w = worker(&format!("w{attempt}"), proxy.port, &[]);
         let name = w.name.clone();
-        let task = leased(port, &mut coord, &mut w, started);
+        let task = loop {
+            let task = leased(port, &mut coord, &mut w, Instant::now());
+            if task.contains("/marker_eval/") {
+                break task;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         proxy.cut();
         let cut_at = Instant::now();
         std::thread::sleep(CUT);
@@ -79,7 +86,9 @@ fn a_late_report_over_a_dead_connection_is_refused_within_the_window() {
                 }
                 return;
             }
-            Outcome::Inconclusive(why) => eprintln!("partition: {name}, {task}: {why}; trying again"),
+            Outcome::Inconclusive(why) => {
+                eprintln!("partition: try {attempt}, {name}, {task}: {why}; trying again with a fresh run")
+            }
         }
     }
     panic!("five cuts in a row were inconclusive");
@@ -145,11 +154,11 @@ fn a_late_report_after_the_run_ended_is_still_refused() {
     let _ = direct.wait_for(Duration::from_secs(30));
 }
 
-/// The task the worker `w` holds a lease of, once it holds one.
-fn leased(port: u16, coord: &mut Proc, w: &mut Proc, started: Instant) -> String {
+/// The task the worker `w` holds a lease of, once it holds one (within 480 s of `since`).
+fn leased(port: u16, coord: &mut Proc, w: &mut Proc, since: Instant) -> String {
     loop {
         assert!(
-            started.elapsed() < Duration::from_secs(480),
+            since.elapsed() < Duration::from_secs(480),
             "{} never held a lease:\n{}\n{}",
             w.name,
             coord.stderr(),

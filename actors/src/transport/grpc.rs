@@ -26,6 +26,7 @@
 //! NOT_SERVING again once it starts shutting down.
 
 use super::security::{ClientSecurity, ServerSecurity, TokenCheck};
+use super::tls_probe::{self, ProbeSettings};
 use super::trace::{self, TraceCarrier};
 use super::TransportError;
 use crate::coordinator::{CoordinatorMsg, RunStatus};
@@ -434,6 +435,9 @@ pub struct RemoteClient {
     settings: Endpoint,
     tls: bool,
     has_identity: bool,
+    /// For a TLS client without a certificate: what a handshake of its own needs, to tell a
+    /// mutual-TLS refusal from a lost connection (`tls_probe`).
+    probe: Option<ProbeSettings>,
     channel: Channel,
     auth: ClientAuth,
     stub: Stub<InterceptedService<Channel, ClientAuth>>,
@@ -533,6 +537,11 @@ pub fn client(endpoint: &str, security: &ClientSecurity) -> Result<RemoteClient,
         settings: ep,
         tls,
         has_identity: security.identity.is_some(),
+        probe: (tls && security.identity.is_none()).then(|| ProbeSettings {
+            endpoint: endpoint.to_string(),
+            ca_pem: security.ca_pem.clone(),
+            domain: security.domain.clone(),
+        }),
         stub: Stub::with_interceptor(channel.clone(), auth.clone()),
         channel,
         auth,
@@ -619,28 +628,16 @@ impl RemoteClient {
             tonic::Code::Unavailable
             | tonic::Code::Unknown
             | tonic::Code::Cancelled
-            | tonic::Code::DeadlineExceeded => {
-                match tls_problem(&detail, self.tls, self.has_identity) {
-                    Some(why) => TransportError::Tls {
-                        endpoint: self.endpoint.clone(),
-                        message: format!("{why} ({detail})"),
-                    },
-                    // A TLS 1.3 server that wants a client certificate refuses after the client
-                    // thinks the handshake is done; its alert can be lost in the reset.
-                    None if self.tls && !self.has_identity && detail.contains("connection closed") => {
-                        TransportError::Unreachable {
-                            endpoint: self.endpoint.clone(),
-                            message: format!(
-                                "{op}: {detail} (if the coordinator requires client certificates, give --tls-cert and --tls-key)"
-                            ),
-                        }
-                    }
-                    None => TransportError::Unreachable {
-                        endpoint: self.endpoint.clone(),
-                        message: format!("{op}: {detail}"),
-                    },
-                }
-            }
+            | tonic::Code::DeadlineExceeded => match tls_problem(&detail, self.tls, self.has_identity) {
+                Some(why) => TransportError::Tls {
+                    endpoint: self.endpoint.clone(),
+                    message: format!("{why} ({detail})"),
+                },
+                None => TransportError::Unreachable {
+                    endpoint: self.endpoint.clone(),
+                    message: format!("{op}: {detail}"),
+                },
+            },
             _ => TransportError::Rpc {
                 endpoint: self.endpoint.clone(),
                 op,
@@ -649,9 +646,33 @@ impl RemoteClient {
         }
     }
 
+    /// The error of a failed call, as `error`, except that a closed connection of a TLS client
+    /// without a certificate is explained by a probe handshake: a TLS 1.3 coordinator that wants
+    /// one refuses after the client's side of the handshake, and its alert can be lost in the
+    /// reset.
+    async fn failure(&mut self, op: &'static str, status: Status) -> TransportError {
+        let closed = detail(&status).contains("connection closed");
+        let error = self.error(op, status);
+        let (TransportError::Unreachable { message, .. }, true, Some(probe)) = (&error, closed, &self.probe)
+        else {
+            return error;
+        };
+        match tls_probe::asks_for_client_certificate(probe).await {
+            Some(true) => TransportError::Tls {
+                endpoint: self.endpoint.clone(),
+                message: format!(
+                    "the coordinator requires a client certificate (mutual TLS): give --tls-cert and --tls-key (it closed the connection of this client, which has none: {message})"
+                ),
+            },
+            _ => error,
+        }
+    }
+
     pub async fn register(&mut self, info: WorkerInfo) -> Result<RunInfo, TransportError> {
-        let r = self.stub.register(info).await;
-        r.map(Response::into_inner).map_err(|s| self.error("register", s))
+        match self.stub.register(info).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) => Err(self.failure("register", s).await),
+        }
     }
 
     /// A lease or why none, with the lease span's trace context from the reply's metadata.
@@ -659,26 +680,33 @@ impl RemoteClient {
         &mut self,
         request: LeaseRequest,
     ) -> Result<(LeaseReply, TraceCarrier), TransportError> {
-        let r = self.stub.acquire_lease(request).await;
-        let response = r.map_err(|s| self.error("acquire", s))?;
+        let response = match self.stub.acquire_lease(request).await {
+            Ok(r) => r,
+            Err(s) => return Err(self.failure("acquire", s).await),
+        };
         let carrier = trace::from_metadata(response.metadata());
         Ok((response.into_inner(), carrier))
     }
 
     pub async fn keep_alive(&mut self, beat: Heartbeat) -> Result<HeartbeatReply, TransportError> {
-        let r = self.stub.keep_alive(beat).await;
-        r.map(Response::into_inner)
-            .map_err(|s| self.error("keep_alive", s))
+        match self.stub.keep_alive(beat).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) => Err(self.failure("keep_alive", s).await),
+        }
     }
 
     pub async fn complete(&mut self, result: TaskResult) -> Result<CompleteReply, TransportError> {
-        let r = self.stub.complete(result).await;
-        r.map(Response::into_inner).map_err(|s| self.error("complete", s))
+        match self.stub.complete(result).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) => Err(self.failure("complete", s).await),
+        }
     }
 
     pub async fn status(&mut self) -> Result<RunStatus, TransportError> {
-        let r = self.stub.status(StatusRequest {}).await;
-        let reply = r.map(Response::into_inner).map_err(|s| self.error("status", s))?;
+        let reply = match self.stub.status(StatusRequest {}).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => return Err(self.failure("status", s).await),
+        };
         serde_json::from_str(&reply.snapshot_json).map_err(|e| TransportError::BadReply {
             endpoint: self.endpoint.clone(),
             op: "status",
@@ -695,7 +723,10 @@ impl RemoteClient {
                 service: SERVICE_NAME.to_string(),
             })
             .await;
-        let reply = r.map(Response::into_inner).map_err(|s| self.error("health", s))?;
+        let reply = match r {
+            Ok(r) => r.into_inner(),
+            Err(s) => return Err(self.failure("health", s).await),
+        };
         Ok(reply.status == WireServingStatus::Serving as i32)
     }
 }

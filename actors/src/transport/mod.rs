@@ -8,6 +8,7 @@
 
 pub mod grpc;
 pub mod security;
+pub mod tls_probe;
 pub mod trace;
 
 pub use security::{ClientSecurity, Secret, ServerSecurity, ServerTls};
