@@ -218,6 +218,7 @@ fn run(
     let mut batch = Some(open(1));
     let mut on_step = |log: &pspace_engine::train::StepLog, total: usize| {
         observer.stage_progress(&format!("training, loss {:.4}", log.loss), log.step, total);
+        let go_on = observer.keep_going();
         let per = total.div_ceil(10).max(1);
         if log.step.is_multiple_of(per) || log.step >= total {
             if let Some(span) = batch.take() {
@@ -228,6 +229,7 @@ fn run(
                 batch = Some(open(log.step + 1));
             }
         }
+        go_on
     };
     match run_sft(model, tok, rows, report, config, out, "pspace", &mut on_step) {
         Ok(_) => Ok(()),

@@ -20,6 +20,8 @@ pub enum ExtractError {
     NoSuchLayer { layer: usize, layers: usize },
     #[error("sequence {index} is empty: expected at least one prompt token")]
     EmptyPrompt { index: usize },
+    #[error("{0}")]
+    Interrupted(crate::generate::Interrupted),
 }
 
 fn check_layers(model: &Model, layers: &[usize]) -> Result<(), ExtractError> {

@@ -29,6 +29,7 @@ use crate::model::{Adapter, ForwardOptions, KvCache, Logits, Model};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::VecDeque;
+use std::ops::ControlFlow;
 use tch::{Device, Kind, Tensor};
 
 #[derive(Debug, Clone)]
@@ -146,36 +147,54 @@ pub fn generate(
     params: &SamplingParams,
     adapter: Option<&dyn Adapter>,
 ) -> Vec<Vec<Generation>> {
-    generate_with_progress(model, prompts, params, adapter, &mut |_| {})
+    match run(model, prompts, params, adapter, None, &mut |_| {
+        ControlFlow::Continue(())
+    }) {
+        Ok((generations, _)) => generations,
+        // Only a progress callback stops generation, and this one never does.
+        Err(Interrupted { .. }) => Vec::new(),
+    }
 }
 
-/// As `generate`, calling `progress(finished_sequences)` as sequences complete.
+/// Generation was stopped by its progress callback before every sequence finished.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("generation stopped at the caller's request with {finished} of {total} sequences finished")]
+pub struct Interrupted {
+    pub finished: usize,
+    pub total: usize,
+}
+
+/// As `generate`, calling `progress(finished_sequences)` once per step of the decoding loop:
+/// returning `ControlFlow::Break` stops generation within that step (a worker whose
+/// lease is gone frees the device at once), and nothing generated so far is returned.
 pub fn generate_with_progress(
     model: &Model,
     prompts: &[Vec<i64>],
     params: &SamplingParams,
     adapter: Option<&dyn Adapter>,
-    progress: &mut dyn FnMut(usize),
-) -> Vec<Vec<Generation>> {
-    run(model, prompts, params, adapter, None, progress).0
+    progress: &mut dyn FnMut(usize) -> ControlFlow<()>,
+) -> Result<Vec<Vec<Generation>>, Interrupted> {
+    run(model, prompts, params, adapter, None, progress).map(|(generations, _)| generations)
 }
 
 /// One continuation of every prompt (`params.n` must be 1) together with the residual stream
 /// at `layers`: each prompt's last-token state and the mean over its response's positions
-/// (see the module doc). Returns the generations in input order and the states.
+/// (see the module doc). Returns the generations in input order and the states. `progress` as
+/// in `generate_with_progress` (a stop is `ExtractError::Interrupted`).
 pub fn generate_with_states(
     model: &Model,
     prompts: &[Vec<i64>],
     params: &SamplingParams,
     layers: &[usize],
-    progress: &mut dyn FnMut(usize),
+    progress: &mut dyn FnMut(usize) -> ControlFlow<()>,
 ) -> Result<(Vec<Generation>, States), crate::extract::ExtractError> {
     crate::extract::check_request(model, prompts, layers)?;
     let params = SamplingParams {
         n: 1,
         ..params.clone()
     };
-    let (out, states) = run(model, prompts, &params, None, Some(layers), progress);
+    let (out, states) = run(model, prompts, &params, None, Some(layers), progress)
+        .map_err(crate::extract::ExtractError::Interrupted)?;
     let states = states.expect("states are captured when layers are given");
     Ok((out.into_iter().map(|mut g| g.remove(0)).collect(), states))
 }
@@ -259,8 +278,8 @@ fn run(
     params: &SamplingParams,
     adapter: Option<&dyn Adapter>,
     layers: Option<&[usize]>,
-    progress: &mut dyn FnMut(usize),
-) -> (Vec<Vec<Generation>>, Option<States>) {
+    progress: &mut dyn FnMut(usize) -> ControlFlow<()>,
+) -> Result<(Vec<Vec<Generation>>, Option<States>), Interrupted> {
     let _guard = tch::no_grad_guard();
     let device = model.device();
     let mut capture = layers.map(|layers| {
@@ -375,13 +394,18 @@ fn run(
                         finish,
                     });
                     finished += 1;
-                    progress(finished);
                 }
                 None => {
                     keep.push(i as i64);
                     survivors.push(row);
                 }
             }
+        }
+        if progress(finished).is_break() {
+            return Err(Interrupted {
+                finished,
+                total: results.len() * params.n,
+            });
         }
         if let (Some(c), Some(sums), false) = (capture.as_mut(), &batch.sums, done_rows.is_empty()) {
             let rows: Vec<i64> = done_rows.iter().map(|d| d.0).collect();
@@ -432,7 +456,7 @@ fn run(
         last_prompt: c.last_prompt,
         response_mean: c.response_mean,
     });
-    (generations, states)
+    Ok((generations, states))
 }
 
 /// Capturing with nothing to generate: the prompts' last-token states from prefills alone.
@@ -958,7 +982,10 @@ mod tests {
         let layers = [0usize, 1];
         let run = |on: bool| {
             crate::model::with_decode_alignment(on, || {
-                generate_with_states(&model, &prompts, &params, &layers, &mut |_| {}).unwrap()
+                generate_with_states(&model, &prompts, &params, &layers, &mut |_| {
+                    ControlFlow::Continue(())
+                })
+                .unwrap()
             })
         };
         (run(false), run(true))
@@ -977,6 +1004,50 @@ mod tests {
             assert!(a.allclose(b, 1e-5, 1e-6, false), "{}", (a - b).abs().max());
             assert!(a.abs().sum(Kind::Float).double_value(&[]) > 0.0);
         }
+    }
+
+    /// A progress callback that says stop ends generation within a step, with what it got: a
+    /// lost lease must free the device without waiting for the last sequence.
+    #[test]
+    fn progress_can_stop_generation_within_a_step() {
+        let model = RandomModel::parse("random:tiny@4")
+            .unwrap()
+            .unwrap()
+            .build(Device::Cpu, Kind::Float)
+            .unwrap();
+        let prompts: Vec<Vec<i64>> = (0..6).map(|i| vec![11 + i, 12, 13]).collect();
+        let params = SamplingParams {
+            max_new_tokens: 64,
+            temperature: 0.0,
+            n: 2,
+            max_batch: 4,
+            ..Default::default()
+        };
+        let mut calls = 0;
+        let stopped = generate_with_progress(&model, &prompts, &params, None, &mut |_| {
+            calls += 1;
+            if calls == 3 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        assert_eq!(
+            stopped,
+            Err(Interrupted {
+                finished: 0,
+                total: 12
+            })
+        );
+        assert_eq!(calls, 3, "no call after the stop");
+        let mut steps = 0;
+        let whole = generate_with_progress(&model, &prompts, &params, None, &mut |_| {
+            steps += 1;
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert!(steps > 64, "once per decoding step: {steps}");
+        assert_eq!(whole, generate(&model, &prompts, &params, None));
     }
 
     /// On CUDA, where decoding pads the keys by default: the same greedy tokens and captured

@@ -7,6 +7,7 @@
 use pspace_engine::extract::{last_token_states, response_mean_states};
 use pspace_engine::generate::{generate, generate_with_states, FinishReason, SamplingParams};
 use pspace_engine::model::{Adapter, ForwardOptions, LayerAdapter, Logits, Model, Proj};
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
 
@@ -508,7 +509,10 @@ fn states_read_while_decoding_are_the_states_of_separate_forward_passes() {
         ..greedy(10, common.iter().take(3).map(|&(t, _)| t).collect())
     };
     let layers = [0usize, 2, 3];
-    let (gens, states) = generate_with_states(&model, &prompts, &params, &layers, &mut |_| {}).unwrap();
+    let (gens, states) = generate_with_states(&model, &prompts, &params, &layers, &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
     let plain = generate(&model, &prompts, &params, None);
     let responses: Vec<Vec<i64>> = gens.iter().map(|g| g.tokens.clone()).collect();
     assert_eq!(
@@ -544,10 +548,16 @@ fn states_read_while_decoding_are_the_states_of_separate_forward_passes() {
         }
     }
     // A bad layer is refused before any work.
-    let err = generate_with_states(&model, &prompts, &params, &[4], &mut |_| {})
-        .err()
-        .unwrap()
-        .to_string();
+    let err = generate_with_states(
+        &model,
+        &prompts,
+        &params,
+        &[4],
+        &mut |_| ControlFlow::Continue(()),
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert!(err.contains("layer 4"), "{err}");
 }
 
@@ -571,7 +581,10 @@ fn prompts_sharing_a_system_prompt_decode_as_they_do_alone() {
         ..greedy(6, vec![])
     };
     let layers = [1usize, 3];
-    let (together, states) = generate_with_states(&model, &prompts, &params, &layers, &mut |_| {}).unwrap();
+    let (together, states) = generate_with_states(&model, &prompts, &params, &layers, &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
     for (i, p) in prompts.iter().enumerate() {
         let alone = &generate(&model, std::slice::from_ref(p), &params, None)[0][0];
         assert_eq!(together[i].tokens, alone.tokens, "prompt {i}");

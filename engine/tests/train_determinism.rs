@@ -7,6 +7,7 @@ use pspace_engine::lora::{Lora, LoraConfig};
 use pspace_engine::model::{Model, ModelConfig, Proj};
 use pspace_engine::train::masks::IGNORE;
 use pspace_engine::train::{train, AdamWConfig, Example, ScheduleKind, TrainConfig};
+use std::ops::ControlFlow;
 use tch::{Device, Kind};
 
 fn examples() -> Vec<Example> {
@@ -60,7 +61,9 @@ fn trained(model: &Model, seed: u64, generator_state: i64) -> tch::Tensor {
     // Whatever state the generator was left in must not matter.
     tch::manual_seed(generator_state);
     let _ = tch::Tensor::rand([17], (Kind::Float, Device::Cpu));
-    let out = train(model, &lora, &examples(), 0, &config, &mut |_, _| {});
+    let out = train(model, &lora, &examples(), 0, &config, &mut |_, _| {
+        ControlFlow::Continue(())
+    });
     assert!(out.error.is_none(), "{:?}", out.error);
     lora.snapshot()
 }

@@ -157,6 +157,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                 "loss {:.4} lr {:.2e} grad-norm {:.3} {:.0} tok/s",
                 step.loss, step.lr, step.grad_norm, step.tokens_per_s
             ));
+            std::ops::ControlFlow::Continue(())
         },
     );
     bar.finish();

@@ -56,7 +56,8 @@ pub fn extract(cx: &mut StageContext<'_>) -> Result<(), ExecError> {
         let (responses, states) = tracing::info_span!("extract", method = "A+B", prompts = n)
             .in_scope(|| {
                 generate_with_states(&model, &prompts, &sampling, &params.layers, &mut |done| {
-                    progress.stage_progress("greedy responses (methods A and B)", done, n)
+                    progress.stage_progress("greedy responses (methods A and B)", done, n);
+                    progress.keep_going()
                 })
             })
             .map_err(StageError::from)?;

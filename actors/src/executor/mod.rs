@@ -22,7 +22,7 @@ pub mod train;
 
 pub use context::StageContext;
 pub use model_cache::{Checkpoint, ModelCache};
-pub use progress::{CancelToken, NoProgress, Progress};
+pub use progress::{CancelToken, Cancellable, NoProgress, Progress};
 
 use crate::data::{load_question_list, DataError, Personas, Questions};
 use crate::fingerprint::{DigestCache, FingerprintError, Fingerprints};
@@ -200,6 +200,9 @@ pub enum StageError {
     Data(String),
     #[error("the system clock reads before 1970: {0}")]
     Clock(std::time::SystemTimeError),
+    /// An engine loop stopped because the task was cancelled (its lease is gone).
+    #[error("{0}")]
+    Interrupted(String),
 }
 
 /// `From` for the variants that wrap another crate's error (written out rather than
@@ -287,6 +290,7 @@ impl ExecError {
                 | StageError::Encode { .. }
                 | StageError::Data(_) => FailureClass::Deterministic,
                 StageError::Clock(_) => FailureClass::Crash,
+                StageError::Interrupted(_) => FailureClass::Preempted,
             },
         }
     }
@@ -349,11 +353,12 @@ impl Executor {
         self.data.check(&job.task)?;
         let spec = self.spec.clone();
         let data = self.data.clone();
+        let mut progress = Cancellable::new(progress, cancel);
         let mut cx = StageContext {
             spec: &spec,
             data: &data,
             models: &mut self.models,
-            progress,
+            progress: &mut progress,
             job,
             store: &self.store,
             runtime: &self.runtime,
@@ -361,18 +366,21 @@ impl Executor {
             cancel,
             manifest: Manifest::default(),
         };
-        match job.task.kind {
-            TaskKind::TrainEm => train::train_em(&mut cx)?,
-            TaskKind::TrainBenign => train::train_benign(&mut cx)?,
-            TaskKind::Extract => extract::extract(&mut cx)?,
-            TaskKind::GenerateOnpolicy => sample::generate_onpolicy(&mut cx)?,
-            TaskKind::BuildCoupling => couple::build_coupling(&mut cx)?,
-            TaskKind::TrainCoupling => couple::train_coupling(&mut cx)?,
-            TaskKind::MarkerEval => evaluate::marker_eval(&mut cx)?,
-            TaskKind::Analyse => analyse::analyse(&mut cx)?,
-            TaskKind::Summarise => summarise::summarise(&mut cx)?,
-        }
+        let ran = match job.task.kind {
+            TaskKind::TrainEm => train::train_em(&mut cx),
+            TaskKind::TrainBenign => train::train_benign(&mut cx),
+            TaskKind::Extract => extract::extract(&mut cx),
+            TaskKind::GenerateOnpolicy => sample::generate_onpolicy(&mut cx),
+            TaskKind::BuildCoupling => couple::build_coupling(&mut cx),
+            TaskKind::TrainCoupling => couple::train_coupling(&mut cx),
+            TaskKind::MarkerEval => evaluate::marker_eval(&mut cx),
+            TaskKind::Analyse => analyse::analyse(&mut cx),
+            TaskKind::Summarise => summarise::summarise(&mut cx),
+        };
+        // A stage its lost lease stopped mid-loop fails with its loop's error (an interrupted
+        // training or generation): the cause to report is the lease.
         cx.check_cancelled()?;
+        ran?;
         let spec_json = serde_json::from_str(&job.task.canonical_json()).map_err(|e| StageError::Encode {
             output: "manifest.json".into(),
             message: e.to_string(),

@@ -54,7 +54,7 @@ pub fn sample_completions(
     for persona in request.personas {
         let system = personas
             .prompt(persona)
-            .map_err(|e| StageError::Data(e.to_string()))?;
+            .map_err(|e| StageError::Interrupted(e.to_string()))?;
         for q in request.questions {
             prompts.push(tok.encode_chat(&chat(Some(system), q), true)?.ids);
             keys.push((persona.clone(), q.clone()));
@@ -78,11 +78,14 @@ pub fn sample_completions(
         per_prompt = request.per_question,
         max_new_tokens = request.max_new_tokens
     );
-    let out = span.in_scope(|| {
-        generate_with_progress(&model, &prompts, &params, None, &mut |done| {
-            progress.stage_progress("sampling completions", done, total)
+    let out = span
+        .in_scope(|| {
+            generate_with_progress(&model, &prompts, &params, None, &mut |done| {
+                progress.stage_progress("sampling completions", done, total);
+                progress.keep_going()
+            })
         })
-    });
+        .map_err(|e| StageError::Interrupted(e.to_string()))?;
     let mut gens = Vec::with_capacity(total);
     for ((persona, question), samples) in keys.into_iter().zip(out) {
         for g in samples {

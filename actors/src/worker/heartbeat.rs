@@ -200,9 +200,9 @@ fn beat(
             );
             t.cancel.cancel();
             if on_lost == OnLost::Exit {
-                // Its outputs cannot commit any more; the grace only bounds how long a task
-                // that ignores cancellation (minutes of uninterruptible model work) holds the
-                // device. Long enough for a task that does stop to report (late: refused).
+                // Its outputs cannot commit any more; training and generation stop within a
+                // step, so the grace only bounds how long work that cannot stop mid-way (a
+                // model load, an analysis, an upload) holds the device. Long enough for a task that does stop to report (late: refused).
                 let grace = crate::scheduler::report_window(lease);
                 let who = worker_id.clone();
                 let stopped = Arc::new(AtomicBool::new(false));

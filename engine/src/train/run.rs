@@ -15,6 +15,7 @@ use crate::model::{Model, Proj};
 use crate::peft::{self, PeftError};
 use crate::tokenizer::{ChatMessage, ChatTokenizer};
 use serde::{Deserialize, Serialize};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -230,7 +231,8 @@ fn write_log(log: &TrainLog, path: &Path) -> Result<(), RunError> {
 /// Trains a fresh LoRA adapter on `rows` and writes `adapter_config.json`,
 /// `adapter_model.safetensors` and `train_log.json` to `out_dir`. `report` holds what reading
 /// the rows already found wrong; the run adds the tokenisation problems. `on_step` sees every
-/// finished step with the total number of steps.
+/// finished step with the total number of steps, and may stop the run (`ControlFlow::Break`:
+/// `RunError::Stopped` with `TrainError::Interrupted`, the adapter of the last step written).
 #[allow(clippy::too_many_arguments)]
 pub fn run_sft(
     model: &Model,
@@ -240,7 +242,7 @@ pub fn run_sft(
     config: &SftConfig,
     out_dir: &Path,
     base_model_name_or_path: &str,
-    on_step: &mut dyn FnMut(&StepLog, usize),
+    on_step: &mut dyn FnMut(&StepLog, usize) -> ControlFlow<()>,
 ) -> Result<TrainReport, RunError> {
     let started = Instant::now();
     let mut report = report;
@@ -408,7 +410,10 @@ mod tests {
             &config,
             out.path(),
             "tiny-qwen2",
-            &mut |s, total| seen.push((s.step, total)),
+            &mut |s, total| {
+                seen.push((s.step, total));
+                ControlFlow::Continue(())
+            },
         )
         .unwrap();
         assert_eq!(seen, vec![(1, 3), (2, 3), (3, 3)]);
@@ -452,7 +457,7 @@ mod tests {
             config,
             out.path(),
             "t",
-            &mut |_, _| {},
+            &mut |_, _| ControlFlow::Continue(()),
         );
         (result, out)
     }
@@ -525,7 +530,7 @@ mod tests {
             &tiny_config(),
             out.path(),
             "t",
-            &mut |_, _| {},
+            &mut |_, _| ControlFlow::Continue(()),
         )
         .unwrap_err();
         assert!(
@@ -575,7 +580,10 @@ mod tests {
             &config,
             out.path(),
             "t",
-            &mut |_, _| steps += 1,
+            &mut |_, _| {
+                steps += 1;
+                ControlFlow::Continue(())
+            },
         )
         .unwrap_err();
         assert_eq!(steps, 0, "nothing is trained");
@@ -598,7 +606,10 @@ mod tests {
             &config,
             out.path(),
             "t",
-            &mut |_, _| steps += 1,
+            &mut |_, _| {
+                steps += 1;
+                ControlFlow::Continue(())
+            },
         )
         .unwrap();
         assert_eq!((steps, done.log.total_steps), (1, 1));

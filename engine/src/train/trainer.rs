@@ -21,6 +21,7 @@ use super::schedule::{Schedule, ScheduleKind};
 use crate::lora::{DropoutMode, Lora};
 use crate::model::{Adapter, Model, PackedSequences};
 use serde::{Deserialize, Serialize};
+use std::ops::ControlFlow;
 use std::time::Instant;
 use tch::{Kind, Tensor};
 
@@ -93,6 +94,9 @@ pub enum TrainError {
     /// A setting the run cannot honour exactly (no epochs, more steps than the data gives).
     #[error("training settings: {0}")]
     Config(String),
+    /// The caller's `on_step` asked to stop (a worker whose lease is gone).
+    #[error("stopped after step {step} at the caller's request")]
+    Interrupted { step: usize },
 }
 
 /// One micro-batch on the device: rows right-padded to one length ([B, T]), or packed without
@@ -500,14 +504,16 @@ pub struct TrainOutcome {
 }
 
 /// Trains `lora` on `examples` for the configured epochs (or `max_steps`). `on_step` sees each
-/// step's record as it finishes (progress bars, logs).
+/// step's record as it finishes (progress bars, logs) and may stop the training by returning
+/// `ControlFlow::Break`: the outcome's error is then `TrainError::Interrupted` and the adapter
+/// holds the state of the last step that ran.
 pub fn train(
     model: &Model,
     lora: &Lora,
     examples: &[Example],
     pad_id: i64,
     config: &TrainConfig,
-    on_step: &mut dyn FnMut(&StepLog, usize),
+    on_step: &mut dyn FnMut(&StepLog, usize) -> ControlFlow<()>,
 ) -> TrainOutcome {
     if examples.is_empty() {
         return TrainOutcome {
@@ -586,8 +592,13 @@ pub fn train(
         };
         match trainer.step(&batches, k / steps_per_epoch.max(1) + 1) {
             Ok(log) => {
-                on_step(&log, total_steps);
+                let step = log.step;
+                let asked = on_step(&log, total_steps);
                 logs.push(log);
+                if asked.is_break() {
+                    error = Some(TrainError::Interrupted { step });
+                    break;
+                }
             }
             Err(e) => {
                 error = Some(e);
@@ -700,7 +711,9 @@ mod tests {
         let mut runs = Vec::new();
         for recompute in [false, true] {
             let l = lora(&model, 0.0);
-            let out = train(&model, &l, &ex, 0, &config(recompute), &mut |_, _| {});
+            let out = train(&model, &l, &ex, 0, &config(recompute), &mut |_, _| {
+                ControlFlow::Continue(())
+            });
             assert!(out.error.is_none(), "{:?}", out.error);
             assert_eq!(out.total_steps, 6);
             runs.push((out.steps, l.snapshot()));
@@ -905,7 +918,7 @@ mod tests {
             let l = lora(&model, 0.0);
             let mut cfg = config(recompute);
             cfg.pack_tokens = pack_tokens;
-            let out = train(&model, &l, &ex, 0, &cfg, &mut |_, _| {});
+            let out = train(&model, &l, &ex, 0, &cfg, &mut |_, _| ControlFlow::Continue(()));
             assert!(out.error.is_none(), "{:?}", out.error);
             (out.steps, l.snapshot())
         };
@@ -985,7 +998,7 @@ mod tests {
             let before = l.snapshot();
             let mut cfg = config(recompute);
             cfg.warmup_ratio = 0.0;
-            let out = train(&model, &l, &ex, 0, &cfg, &mut |_, _| {});
+            let out = train(&model, &l, &ex, 0, &cfg, &mut |_, _| ControlFlow::Continue(()));
             assert!(out.error.is_none(), "{:?}", out.error);
             assert_eq!(l.flat().kind(), Kind::Float);
             assert!(!l.snapshot().equal(&before), "the adapter must move");
@@ -995,6 +1008,32 @@ mod tests {
             assert!((a - b).abs() < 1e-2 * a.abs(), "bf16 plain {a} vs recomputed {b}");
         }
         assert!(results[0].last() < results[0].first(), "{:?}", results[0]);
+    }
+
+    #[test]
+    fn on_step_can_stop_the_training_after_a_step() {
+        let model = tiny();
+        let ex = examples(8);
+        let l = lora(&model, 0.0);
+        let cfg = config(false);
+        let out = train(&model, &l, &ex, 0, &cfg, &mut |s, _| {
+            if s.step >= 2 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        assert!(
+            out.total_steps > 2,
+            "the test needs a longer run: {}",
+            out.total_steps
+        );
+        assert_eq!(out.steps.len(), 2);
+        assert!(
+            matches!(out.error, Some(TrainError::Interrupted { step: 2 })),
+            "{:?}",
+            out.error
+        );
     }
 
     #[test]
@@ -1008,7 +1047,10 @@ mod tests {
         cfg.adamw.eps = 0.0;
         cfg.learning_rate = 1e38;
         let mut seen = Vec::new();
-        let out = train(&model, &l, &ex, 0, &cfg, &mut |s, _| seen.push(s.step));
+        let out = train(&model, &l, &ex, 0, &cfg, &mut |s, _| {
+            seen.push(s.step);
+            ControlFlow::Continue(())
+        });
         let err = out.error.expect("an absurd learning rate must blow up");
         let message = err.to_string();
         assert!(
@@ -1033,7 +1075,7 @@ mod tests {
         let l = lora(&model, 0.0);
         // 8 examples, micro-batch 2, accumulation 2: 2 steps per epoch, 4 in 2 epochs.
         let refused = |cfg: &TrainConfig| -> String {
-            let out = train(&model, &l, &ex, 0, cfg, &mut |_, _| {});
+            let out = train(&model, &l, &ex, 0, cfg, &mut |_, _| ControlFlow::Continue(()));
             assert!(out.steps.is_empty());
             match out.error {
                 Some(TrainError::Config(m)) => m,
@@ -1055,7 +1097,7 @@ mod tests {
         assert_eq!(refused(&cfg), "max_steps must be at least 1, found 0");
         let mut cfg = config(false);
         cfg.max_steps = Some(4);
-        let out = train(&model, &l, &ex, 0, &cfg, &mut |_, _| {});
+        let out = train(&model, &l, &ex, 0, &cfg, &mut |_, _| ControlFlow::Continue(()));
         assert!(out.error.is_none(), "{:?}", out.error);
         assert_eq!((out.steps.len(), out.total_steps), (4, 4));
     }
