@@ -152,7 +152,7 @@ pub fn generate(
     }) {
         Ok((generations, _)) => generations,
         // Only a progress callback stops generation, and this one never does.
-        Err(Interrupted { .. }) => Vec::new(),
+        Err(stop) => unreachable!("generate's progress callback never stops: {stop}"),
     }
 }
 
@@ -1006,8 +1006,9 @@ mod tests {
         }
     }
 
-    /// A progress callback that says stop ends generation within a step, with what it got: a
-    /// lost lease must free the device without waiting for the last sequence.
+    /// A progress callback that says stop ends generation within a step, and no output comes
+    /// back (only how far it got): a lost lease must free the device without waiting for the
+    /// last sequence.
     #[test]
     fn progress_can_stop_generation_within_a_step() {
         let model = RandomModel::parse("random:tiny@4")

@@ -220,10 +220,22 @@ macro_rules! stage_error_from {
 stage_error_from!(
     Model(pspace_engine::model::LoadError),
     Tokenizer(pspace_engine::tokenizer::TokenizerError),
-    Extract(pspace_engine::extract::ExtractError),
     Device(pspace_engine::DeviceError),
     Activations(crate::activations::ActivationsError),
 );
+
+/// An extraction stopped by its progress callback is an interruption (a lost lease), classed
+/// like any other stop rather than as an extraction failure.
+impl From<pspace_engine::extract::ExtractError> for StageError {
+    fn from(e: pspace_engine::extract::ExtractError) -> StageError {
+        match e {
+            pspace_engine::extract::ExtractError::Interrupted(stop) => {
+                StageError::Interrupted(stop.to_string())
+            }
+            e => StageError::Extract(e),
+        }
+    }
+}
 
 impl StageError {
     pub fn io(path: &Path, error: std::io::Error) -> StageError {

@@ -54,7 +54,7 @@ pub fn sample_completions(
     for persona in request.personas {
         let system = personas
             .prompt(persona)
-            .map_err(|e| StageError::Interrupted(e.to_string()))?;
+            .map_err(|e| StageError::Data(e.to_string()))?;
         for q in request.questions {
             prompts.push(tok.encode_chat(&chat(Some(system), q), true)?.ids);
             keys.push((persona.clone(), q.clone()));

@@ -438,6 +438,9 @@ pub struct RemoteClient {
     /// For a TLS client without a certificate: what a handshake of its own needs, to tell a
     /// mutual-TLS refusal from a lost connection (`tls_probe`).
     probe: Option<ProbeSettings>,
+    /// A call has been answered: the coordinator accepts this client as it is, so a closed
+    /// connection later is not a refusal of its (missing) certificate.
+    answered: bool,
     channel: Channel,
     auth: ClientAuth,
     stub: Stub<InterceptedService<Channel, ClientAuth>>,
@@ -542,6 +545,7 @@ pub fn client(endpoint: &str, security: &ClientSecurity) -> Result<RemoteClient,
             ca_pem: security.ca_pem.clone(),
             domain: security.domain.clone(),
         }),
+        answered: false,
         stub: Stub::with_interceptor(channel.clone(), auth.clone()),
         channel,
         auth,
@@ -646,31 +650,44 @@ impl RemoteClient {
         }
     }
 
+    /// The reply of an answered call.
+    fn answer<T>(&mut self, response: Response<T>) -> Response<T> {
+        self.answered = true;
+        response
+    }
+
     /// The error of a failed call, as `error`, except that a closed connection of a TLS client
-    /// without a certificate is explained by a probe handshake: a TLS 1.3 coordinator that wants
-    /// one refuses after the client's side of the handshake, and its alert can be lost in the
-    /// reset.
+    /// without a certificate that has had no answer yet is explained by a probe handshake
+    /// (`tls_probe`): a TLS 1.3 coordinator that requires one refuses after the client's side
+    /// of the handshake, and its alert can be lost in the reset.
     async fn failure(&mut self, op: &'static str, status: Status) -> TransportError {
         let closed = detail(&status).contains("connection closed");
         let error = self.error(op, status);
-        let (TransportError::Unreachable { message, .. }, true, Some(probe)) = (&error, closed, &self.probe)
+        let (TransportError::Unreachable { message, .. }, true, false, Some(probe)) =
+            (&error, closed, self.answered, &self.probe)
         else {
             return error;
         };
-        match tls_probe::asks_for_client_certificate(probe).await {
+        match tls_probe::requires_client_certificate(probe).await {
             Some(true) => TransportError::Tls {
                 endpoint: self.endpoint.clone(),
                 message: format!(
                     "the coordinator requires a client certificate (mutual TLS): give --tls-cert and --tls-key (it closed the connection of this client, which has none: {message})"
                 ),
             },
-            _ => error,
+            Some(false) => error,
+            None => TransportError::Unreachable {
+                endpoint: self.endpoint.clone(),
+                message: format!(
+                    "{message} (if the coordinator requires client certificates, give --tls-cert and --tls-key)"
+                ),
+            },
         }
     }
 
     pub async fn register(&mut self, info: WorkerInfo) -> Result<RunInfo, TransportError> {
         match self.stub.register(info).await {
-            Ok(r) => Ok(r.into_inner()),
+            Ok(r) => Ok(self.answer(r).into_inner()),
             Err(s) => Err(self.failure("register", s).await),
         }
     }
@@ -681,7 +698,7 @@ impl RemoteClient {
         request: LeaseRequest,
     ) -> Result<(LeaseReply, TraceCarrier), TransportError> {
         let response = match self.stub.acquire_lease(request).await {
-            Ok(r) => r,
+            Ok(r) => self.answer(r),
             Err(s) => return Err(self.failure("acquire", s).await),
         };
         let carrier = trace::from_metadata(response.metadata());
@@ -690,21 +707,21 @@ impl RemoteClient {
 
     pub async fn keep_alive(&mut self, beat: Heartbeat) -> Result<HeartbeatReply, TransportError> {
         match self.stub.keep_alive(beat).await {
-            Ok(r) => Ok(r.into_inner()),
+            Ok(r) => Ok(self.answer(r).into_inner()),
             Err(s) => Err(self.failure("keep_alive", s).await),
         }
     }
 
     pub async fn complete(&mut self, result: TaskResult) -> Result<CompleteReply, TransportError> {
         match self.stub.complete(result).await {
-            Ok(r) => Ok(r.into_inner()),
+            Ok(r) => Ok(self.answer(r).into_inner()),
             Err(s) => Err(self.failure("complete", s).await),
         }
     }
 
     pub async fn status(&mut self) -> Result<RunStatus, TransportError> {
         let reply = match self.stub.status(StatusRequest {}).await {
-            Ok(r) => r.into_inner(),
+            Ok(r) => self.answer(r).into_inner(),
             Err(s) => return Err(self.failure("status", s).await),
         };
         serde_json::from_str(&reply.snapshot_json).map_err(|e| TransportError::BadReply {
@@ -724,7 +741,7 @@ impl RemoteClient {
             })
             .await;
         let reply = match r {
-            Ok(r) => r.into_inner(),
+            Ok(r) => self.answer(r).into_inner(),
             Err(s) => return Err(self.failure("health", s).await),
         };
         Ok(reply.status == WireServingStatus::Serving as i32)

@@ -1,4 +1,4 @@
-//! Whether a TLS coordinator asks for a client certificate, found by a handshake of our own.
+//! Whether a TLS coordinator requires a client certificate, found by a handshake of our own.
 //!
 //! A TLS 1.3 server that wants a client certificate refuses a client without one only after the
 //! client has finished its side of the handshake; its `certificate_required` alert then races the
@@ -7,11 +7,14 @@
 //! CertificateRequest, on the other hand, arrives inside the handshake, before anything can be
 //! reset. So when a call without a client certificate ends in a closed connection, the client
 //! makes one more handshake, with a certificate resolver that notes whether it was asked, and
-//! names the cause from that. Used only to explain a failure: it never carries a call.
+//! names the cause from that, after waiting a moment for the server's verdict on a client with no
+//! certificate (see `requires_client_certificate`). Used only to explain a failure: it never
+//! carries a call.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::client::ResolvesClientCert;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -53,11 +56,21 @@ pub struct ProbeSettings {
     pub domain: Option<String>,
 }
 
-/// Whether the coordinator at `settings.endpoint` asks TLS clients for a certificate: Some(true)
-/// when its handshake carried a CertificateRequest, Some(false) when a handshake completed
-/// without one, None when the probe could not tell (no connection, a TLS failure before the
-/// request, the deadline of 5 s).
-pub async fn asks_for_client_certificate(settings: &ProbeSettings) -> Option<bool> {
+/// How long the probe waits, after its handshake, for a server that asked for a certificate to
+/// close the connection on a client that gave none; a server that waits for the client's first
+/// bytes instead takes the certificate as optional.
+const VERDICT_WAIT: Duration = Duration::from_secs(2);
+
+/// Whether the coordinator at `settings.endpoint` requires a client certificate: Some(true) when
+/// its handshake asked for one and it then closed the connection of the probe, which gave none;
+/// Some(false) when it did not ask, or asked and kept the connection open (optional client
+/// authentication); None when the probe could not tell (no connection, a failed handshake, the
+/// deadline of 5 s).
+///
+/// The probe sends no application data, so a server that refuses it closes a connection with
+/// nothing unread and its alert or end of stream arrives (a reset, which loses the alert, comes
+/// from closing with unread data, as with a real client's HTTP/2 preface).
+pub async fn requires_client_certificate(settings: &ProbeSettings) -> Option<bool> {
     tokio::time::timeout(PROBE_DEADLINE, probe(settings))
         .await
         .ok()
@@ -80,7 +93,11 @@ async fn probe(settings: &ProbeSettings) -> Option<bool> {
             }
         }
         None => {
-            for cert in rustls_native_certs::load_native_certs().certs {
+            // Reads the system's certificate files: off the async threads.
+            let native = tokio::task::spawn_blocking(rustls_native_certs::load_native_certs)
+                .await
+                .ok()?;
+            for cert in native.certs {
                 let _ = roots.add(cert);
             }
         }
@@ -95,12 +112,20 @@ async fn probe(settings: &ProbeSettings) -> Option<bool> {
     let name = ServerName::try_from(settings.domain.clone().unwrap_or(host.clone())).ok()?;
     let tcp = TcpStream::connect((host.as_str(), port)).await.ok()?;
     let handshake = TlsConnector::from(Arc::new(config)).connect(name, tcp).await;
-    // The request comes in the server's first flight, before its Finished: a handshake that
-    // failed after it still tells.
-    match (handshake, asked.0.load(Ordering::SeqCst)) {
-        (_, true) => Some(true),
-        (Ok(_), false) => Some(false),
-        (Err(_), false) => None,
+    let asked = asked.0.load(Ordering::SeqCst);
+    let mut tls = match handshake {
+        Ok(tls) if asked => tls,
+        Ok(_) => return Some(false),
+        // TLS 1.2 judges the certificate inside the handshake: a refusal is the server's alert.
+        Err(e) if asked && e.to_string().contains("received fatal alert") => return Some(true),
+        Err(_) => return None,
+    };
+    // TLS 1.3: the server judges the (empty) certificate after the client's Finished, so the
+    // verdict comes after the handshake: an alert or the end of the stream means refused.
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(VERDICT_WAIT, tls.read(&mut byte)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => Some(true),
+        Ok(Ok(_)) | Err(_) => Some(false),
     }
 }
 
@@ -112,10 +137,18 @@ mod tests {
     use tokio_rustls::rustls::ServerConfig;
     use tokio_rustls::TlsAcceptor;
 
-    /// A TLS server on loopback with a self-signed certificate for `localhost`, asking clients
-    /// for a certificate when `mutual`; answers handshakes until the test ends. Returns its
-    /// port and the certificate's PEM (the probe's trust).
-    async fn server(mutual: bool) -> (u16, Vec<u8>) {
+    /// How a test server treats client certificates.
+    #[derive(Clone, Copy)]
+    enum ClientAuth {
+        None,
+        Optional,
+        Required,
+    }
+
+    /// A TLS server on loopback with a self-signed certificate for `localhost`; a connection it
+    /// accepts stays open (as a server waiting for a request). Returns its port and the
+    /// certificate's PEM (the probe's trust).
+    async fn server(auth: ClientAuth) -> (u16, Vec<u8>) {
         let key = rcgen::KeyPair::generate().unwrap();
         let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
         let cert = params.self_signed(&key).unwrap();
@@ -123,15 +156,15 @@ mod tests {
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .unwrap();
-        let builder = if mutual {
-            let mut roots = RootCertStore::empty();
-            roots.add(cert.der().clone()).unwrap();
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .unwrap();
-            builder.with_client_cert_verifier(verifier)
-        } else {
-            builder.with_no_client_auth()
+        let mut roots = RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+        let builder = match auth {
+            ClientAuth::None => builder.with_no_client_auth(),
+            ClientAuth::Optional => {
+                builder.with_client_cert_verifier(verifier.allow_unauthenticated().build().unwrap())
+            }
+            ClientAuth::Required => builder.with_client_cert_verifier(verifier.build().unwrap()),
         };
         let key_der = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
         let config = builder
@@ -144,7 +177,10 @@ mod tests {
             while let Ok((tcp, _)) = listener.accept().await {
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let _ = acceptor.accept(tcp).await;
+                    if let Ok(open) = acceptor.accept(tcp).await {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        drop(open);
+                    }
                 });
             }
         });
@@ -159,31 +195,29 @@ mod tests {
         }
     }
 
+    async fn probed(auth: ClientAuth) -> Option<bool> {
+        let (port, ca) = server(auth).await;
+        requires_client_certificate(&settings(port, Some(ca))).await
+    }
+
     #[tokio::test]
-    async fn a_mutual_tls_server_is_seen_asking_and_a_plain_one_not() {
-        let (mutual, ca) = server(true).await;
-        assert_eq!(
-            asks_for_client_certificate(&settings(mutual, Some(ca))).await,
-            Some(true)
-        );
-        let (plain, ca) = server(false).await;
-        assert_eq!(
-            asks_for_client_certificate(&settings(plain, Some(ca))).await,
-            Some(false)
-        );
+    async fn only_a_server_that_requires_a_certificate_is_said_to() {
+        assert_eq!(probed(ClientAuth::Required).await, Some(true));
+        assert_eq!(probed(ClientAuth::Optional).await, Some(false));
+        assert_eq!(probed(ClientAuth::None).await, Some(false));
     }
 
     #[tokio::test]
     async fn an_untrusted_server_or_nothing_listening_tells_nothing() {
-        let (plain, _) = server(false).await;
-        let (_, other_ca) = server(false).await;
+        let (plain, _) = server(ClientAuth::None).await;
+        let (_, other_ca) = server(ClientAuth::None).await;
         assert_eq!(
-            asks_for_client_certificate(&settings(plain, Some(other_ca))).await,
+            requires_client_certificate(&settings(plain, Some(other_ca))).await,
             None
         );
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let closed = listener.local_addr().unwrap().port();
         drop(listener);
-        assert_eq!(asks_for_client_certificate(&settings(closed, None)).await, None);
+        assert_eq!(requires_client_certificate(&settings(closed, None)).await, None);
     }
 }

@@ -202,7 +202,8 @@ fn beat(
             if on_lost == OnLost::Exit {
                 // Its outputs cannot commit any more; training and generation stop within a
                 // step, so the grace only bounds how long work that cannot stop mid-way (a
-                // model load, an analysis, an upload) holds the device. Long enough for a task that does stop to report (late: refused).
+                // model load, an analysis, an upload) holds the device. Long enough for a task
+                // that does stop to report (late: refused).
                 let grace = crate::scheduler::report_window(lease);
                 let who = worker_id.clone();
                 let stopped = Arc::new(AtomicBool::new(false));
