@@ -58,8 +58,8 @@ fn report(args: DoctorArgs) -> Result<()> {
         "cuda_device_count": tch::Cuda::device_count(),
         "device": requested.to_string(),
         "gpus": gpus,
-        "matmul": {"dtype": dtype, "tflops": (rate * 1000.0).round() / 1000.0},
-        "cpu_bf16_matmul_tflops": cpu_bf16.map(|r| (r * 1000.0).round() / 1000.0),
+        "matmul": {"dtype": dtype, "tflops": significant(rate)},
+        "cpu_bf16_matmul_tflops": cpu_bf16.map(significant),
         "sdpa_backends": attention.iter().map(|(layout, kernel)| (layout.to_string(), json!(kernel))).collect::<serde_json::Map<_, _>>(),
         "cpu_threads": tch::get_num_threads(),
         "cpu_interop_threads": tch::get_num_interop_threads(),
@@ -93,8 +93,12 @@ fn report(args: DoctorArgs) -> Result<()> {
     }
     println!("device         {requested}");
     match cpu_bf16 {
-        Some(bf16) => println!("matmul rate    {rate:.3} TFLOP/s ({dtype}), {bf16:.3} TFLOP/s (bf16)"),
-        None => println!("matmul rate    {rate:.3} TFLOP/s ({dtype})"),
+        Some(bf16) => println!(
+            "matmul rate    {} TFLOP/s ({dtype}), {} TFLOP/s (bf16)",
+            significant(rate),
+            significant(bf16)
+        ),
+        None => println!("matmul rate    {} TFLOP/s ({dtype})", significant(rate)),
     }
     // What SDPA would run; on CUDA pspace calls the memory-efficient kernel for both layouts.
     let picks: Vec<String> = attention
@@ -120,9 +124,32 @@ fn report(args: DoctorArgs) -> Result<()> {
     Ok(())
 }
 
+/// A rate to three significant digits: a CPU without native bf16 multiplies at a few GFLOP/s,
+/// which three decimals of TFLOP/s showed as 0 (a loaded CI machine, 2026-12-01).
+fn significant(x: f64) -> f64 {
+    if x == 0.0 || !x.is_finite() {
+        return x;
+    }
+    let scale = 10f64.powi(2 - x.abs().log10().floor() as i32);
+    (x * scale).round() / scale
+}
+
 fn libtorch_version(dir: Option<&std::path::Path>) -> Option<String> {
     let text = std::fs::read_to_string(dir?.parent()?.join("version.py")).ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix("__version__ = "))
         .map(|v| v.trim_matches(|c| c == '\'' || c == '"').to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::significant;
+
+    #[test]
+    fn rates_keep_three_significant_digits() {
+        assert_eq!(significant(0.000_412_7), 0.000_413);
+        assert_eq!(significant(1.234_56), 1.23);
+        assert_eq!(significant(987.65), 988.0);
+        assert_eq!(significant(0.0), 0.0);
+    }
 }
