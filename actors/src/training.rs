@@ -14,6 +14,7 @@ use pspace_engine::model::{Model, Proj};
 use pspace_engine::tokenizer::ChatTokenizer;
 use pspace_engine::train::data::build_examples;
 use pspace_engine::train::run::RunError;
+use pspace_engine::train::TrainError;
 use pspace_engine::train::{run_sft, DataReport, LabelMode, Message, Row, SftConfig};
 use std::path::Path;
 
@@ -233,6 +234,17 @@ fn run(
     };
     match run_sft(model, tok, rows, report, config, out, "pspace", &mut on_step) {
         Ok(_) => Ok(()),
+        // Stopped by `keep_going` (a lost lease): classed like an interrupted generation.
+        Err(
+            e @ (RunError::Stopped {
+                error: TrainError::Interrupted { .. },
+                ..
+            }
+            | RunError::NoStep {
+                error: TrainError::Interrupted { .. },
+                ..
+            }),
+        ) => Err(StageError::Interrupted(format!("{key}: {e}"))),
         // The data decides these: a retry would end the same way.
         Err(RunError::Shortfall {
             rows: read,

@@ -950,6 +950,15 @@ mod tests {
         );
     }
 
+    /// The tiny random Qwen2 (`random:tiny@4`) in f32 on `device`.
+    fn tiny_random(device: Device) -> Model {
+        RandomModel::parse("random:tiny@4")
+            .unwrap()
+            .unwrap()
+            .build(device, Kind::Float)
+            .unwrap()
+    }
+
     /// Greedy generation with captured states on the tiny random model in f32, once with
     /// decoding's key padding off and once on: `prompts` prompts of different lengths, rows
     /// ending at drawn lengths around `mean` and leaving a batch of `max_batch` (refills).
@@ -960,11 +969,7 @@ mod tests {
         max_batch: usize,
         mean: f64,
     ) -> ((Vec<Generation>, States), (Vec<Generation>, States)) {
-        let model = RandomModel::parse("random:tiny@4")
-            .unwrap()
-            .unwrap()
-            .build(device, Kind::Float)
-            .unwrap();
+        let model = tiny_random(device);
         let prompts: Vec<Vec<i64>> = (0..prompts)
             .map(|i| (0..(2 + 3 * i)).map(|t| 11 + 7 * t + i).collect())
             .collect();
@@ -1011,11 +1016,7 @@ mod tests {
     /// last sequence.
     #[test]
     fn progress_can_stop_generation_within_a_step() {
-        let model = RandomModel::parse("random:tiny@4")
-            .unwrap()
-            .unwrap()
-            .build(Device::Cpu, Kind::Float)
-            .unwrap();
+        let model = tiny_random(Device::Cpu);
         let prompts: Vec<Vec<i64>> = (0..6).map(|i| vec![11 + i, 12, 13]).collect();
         let params = SamplingParams {
             max_new_tokens: 64,
@@ -1076,11 +1077,7 @@ mod tests {
     /// aligned window's padding must be finite zeros for the -inf mask to cancel it.
     #[test]
     fn a_cache_buffer_is_zero_past_its_filled_length() {
-        let model = RandomModel::parse("random:tiny@4")
-            .unwrap()
-            .unwrap()
-            .build(Device::Cpu, Kind::Float)
-            .unwrap();
+        let model = tiny_random(Device::Cpu);
         let ids = Tensor::from_slice(&[3i64, 4, 5, 6, 7, 8, 9, 10]).view([2, 4]);
         let mut mask = Tensor::ones([2, 4], (Kind::Int64, Device::Cpu));
         let mut cache = crate::model::KvCache::with_reserve(3);
